@@ -1,0 +1,1 @@
+"""Example cluster files (data only), installed as helix.clusters."""

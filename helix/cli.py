@@ -1,0 +1,173 @@
+"""`helix` command line: flags -> config and calls; no business logic here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from helix.planner.solvers import solver_names
+
+    p = sub.add_parser("plan", help="place a model's layers on a heterogeneous cluster (max flow)",
+                       description="Assign contiguous layer ranges to the nodes of CLUSTER so that "
+                       "the max flow (tokens/s) through the cluster is as high as possible.")
+    p.add_argument("cluster", nargs="?", default=None,
+                   help="cluster YAML, or the name of a bundled example (default: helix-single24)")
+    p.add_argument("--solver", default="milp", choices=solver_names())
+    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
+                   help="seconds the search may take (default 60)")
+    p.add_argument("--partial-inference", action="store_true",
+                   help="allow i -> j when start_j <= end_i < end_j")
+    p.add_argument("--max-hops", type=int, default=None, metavar="N",
+                   help="at most N nodes on any request's route")
+    p.add_argument("--pareto", action="store_true",
+                   help="print the throughput / hops frontier instead of one plan")
+    p.add_argument("--seed", type=int, default=0, help="seed for randomised baselines (petals)")
+    p.add_argument("-o", "--output", metavar="PLAN.yaml", help="write the plan as YAML")
+    p.add_argument("--png", metavar="PLAN.png", help="draw the placement")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON on stdout")
+    p.set_defaults(func=_cmd_plan)
+
+
+def bundled_cluster(name: str) -> Path | None:
+    """A cluster YAML shipped with the package (clusters/NAME.yaml), or None."""
+    from importlib.resources import files
+
+    try:
+        candidate = files("helix.clusters").joinpath(f"{name.removesuffix('.yaml')}.yaml")
+    except ModuleNotFoundError:
+        return None
+    return Path(str(candidate)) if candidate.is_file() else None
+
+
+def _resolve_cluster(value: str | None) -> Path:
+    from helix.planner.spec import SpecError
+
+    if value is None:
+        value = "helix-single24"
+    path = Path(value)
+    if path.exists():
+        return path
+    bundled = bundled_cluster(value)
+    if bundled is not None:
+        return bundled
+    raise SpecError("cluster", f"no such file {value!r} and no bundled cluster of that name")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from helix.config import load_cluster
+    from helix.planning import pareto, plan
+    from helix.report import draw_plan, plan_summary, plan_table, save_plan
+
+    out = Console()
+    err = Console(stderr=True)
+    if args.time_limit <= 0:
+        raise ValueError(f"--time-limit must be > 0, got {args.time_limit}")
+    if args.max_hops is not None and args.max_hops < 1:
+        raise ValueError(f"--max-hops must be >= 1, got {args.max_hops}")
+    cluster = load_cluster(_resolve_cluster(args.cluster))
+    with _progress(err, enabled=not args.json) as progress:
+        if args.pareto:
+            frontier = pareto(cluster, time_limit_s=args.time_limit,
+                              partial_inference=args.partial_inference, progress=progress)
+            return _print_pareto(frontier, out, args.json)
+        result = plan(cluster, args.solver, time_limit_s=args.time_limit,
+                      partial_inference=args.partial_inference, max_hops=args.max_hops,
+                      seed=args.seed, progress=progress)
+    if args.output:
+        save_plan(result, args.output)
+    if args.png:
+        draw_plan(result, args.png)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    out.print(plan_table(result))
+    out.print(plan_summary(result))
+    for label, path in (("plan", args.output), ("drawing", args.png)):
+        if path:
+            out.print(f"{label} written to {path}")
+    return 0
+
+
+def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: ignore[type-arg]
+    from rich.table import Table
+
+    rows = [{"hops_max": p.stats.hops_max, "throughput_tokens_per_s": round(
+        p.throughput_tokens_per_s, 3), "upper_bound_tokens_per_s": round(
+        p.upper_bound_tokens_per_s, 3), "latency_ms_mean": round(p.stats.latency_ms_mean, 2),
+        "status": p.solver.status} for p in frontier]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="throughput / hops frontier")
+    for column in ("hops (max)", "throughput tok/s", "bound tok/s", "latency ms (mean)", "status"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(str(row["hops_max"]), f"{row['throughput_tokens_per_s']:,.1f}",
+                      f"{row['upper_bound_tokens_per_s']:,.1f}", f"{row['latency_ms_mean']:.1f}",
+                      str(row["status"]))
+    out.print(table)  # type: ignore[attr-defined]
+    return 0
+
+
+class _progress:
+    """Live incumbent/bound line on stderr while a solver runs (a rich Status)."""
+
+    def __init__(self, console: object, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled and getattr(console, "is_terminal", False)
+        self.status: object = None
+
+    def __enter__(self) -> object:
+        if not self.enabled:
+            return None
+        self.status = self.console.status("planning...")  # type: ignore[attr-defined]
+        self.status.__enter__()  # type: ignore[attr-defined]
+        return self.update
+
+    def update(self, progress: object) -> None:
+        p = progress
+        self.status.update(  # type: ignore[attr-defined]
+            f"planning: {p.seconds:5.1f} s | incumbent {p.incumbent_tokens_per_s:,.2f} tok/s | "  # type: ignore[attr-defined]
+            f"bound {p.bound_tokens_per_s:,.2f} | {p.message}")  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        if self.status is not None:
+            self.status.__exit__(*exc)  # type: ignore[attr-defined]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helix", description="helix-serve: LLM serving over "
+                                     "heterogeneous GPU clusters with max-flow placement")
+    parser.add_argument("--version", action="version", version="helix-serve 0.1.0")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_plan(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from helix.planner.spec import SpecError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
