@@ -73,6 +73,17 @@ def _pack(problem: Problem, nodes: list[NodeCapacity], rate: float, max_hops: in
     return pipelines + _cover(leftovers, num_layers, max_hops)
 
 
+def _pipeline_rate(problem: Problem, group: list[tuple[int, str]], rate: float) -> float:
+    """The rate a pipeline really gets: links between consecutive nodes may be slower."""
+    for (_, a), (_, b) in zip(group, group[1:]):
+        link = problem.links.get((a, b))
+        rate = min(rate, link.tokens_per_s if link else 0.0)
+    first, last = group[0][1], group[-1][1]
+    for name, links in ((first, problem.source_links), (last, problem.sink_links)):
+        rate = min(rate, links[name].tokens_per_s if name in links else 0.0)
+    return rate
+
+
 def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[str, tuple[int, int]]:
     """Greedy rounds of equal-rate pipelines; nodes in a pipeline get consecutive ranges."""
     num_layers = problem.num_layers
@@ -81,9 +92,10 @@ def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[st
     while free:
         best: tuple[float, list[list[tuple[int, str]]]] = (0.0, [])
         for rate in _rates(problem, free):
-            pipelines = _pack(problem, free, rate, max_hops)
-            if len(pipelines) * rate > best[0] * (1 + 1e-12):
-                best = (len(pipelines) * rate, pipelines)
+            pipelines = [_by_region(problem, group) for group in _pack(problem, free, rate, max_hops)]
+            score = sum(_pipeline_rate(problem, group, rate) for group in pipelines)
+            if score > best[0] * (1 + 1e-12):
+                best = (score, pipelines)
         if not best[1]:
             break
         for group in best[1]:
@@ -95,6 +107,14 @@ def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[st
         used = {name for group in best[1] for _, name in group}
         free = [n for n in free if n.name not in used]
     return placement
+
+
+def _by_region(problem: Problem, group: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Order a pipeline so that it crosses each region boundary once, starting near the source."""
+    def key(item: tuple[int, str]) -> tuple[bool, str, int, str]:
+        node = problem.node(item[1])
+        return (item[1] not in problem.source_links, node.region, -item[0], item[1])
+    return sorted(group, key=key)
 
 
 def _neighbours(problem: Problem, placement: dict[str, tuple[int, int]]

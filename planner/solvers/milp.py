@@ -108,7 +108,8 @@ def _parse_log(line: str) -> tuple[float, float] | None:
 def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tuple[str, str],
                      tuple[float, float]], bound: float, max_hops: int | None, conservative: bool,
                      seconds: float, floor: float,
-                     on_log: Callable[[float, float], None] | None) -> _Solved | None:
+                     on_log: Callable[[float, float], None] | None,
+                     hint: Placement | None = None) -> _Solved | None:
     from ortools.math_opt.python import mathopt
 
     num_layers = problem.num_layers
@@ -200,12 +201,10 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
     total_flow = sum(source_flow)
     model.add_linear_constraint(total_flow - sum(sink_flow) == 0)
     model.add_linear_constraint(total_flow <= bound)
-    if floor > 0 and not conservative:
-        # Valid cut: the optimum is at least the warm-start flow (this model relaxes the node level).
+    if floor > 0:
+        # Valid cut when the model is exact: the optimum is at least the warm-start flow.
         model.add_linear_constraint(total_flow >= floor * (1 - 1e-6))
     model.maximize(total_flow)
-
-    started = time.perf_counter()
 
     def on_messages(lines: list[str]) -> None:
         for line in lines:
@@ -215,8 +214,19 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
 
     params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=max(seconds, 0.5)),
                                      enable_output=False, relative_gap_tolerance=1e-6)
-    result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params, msg_cb=on_messages)
-    del started
+    model_params = None
+    if hint:
+        member_class = {name: ci for ci, cls in enumerate(classes) for name in cls.members}
+        counts: dict[tuple[int, int, int], int] = {}
+        for name, (s, e) in hint.items():
+            key = (member_class[name], s, e - s)
+            counts[key] = counts.get(key, 0) + 1
+        if all(key in count for key in counts):
+            values = {var: float(counts.get(key, 0)) for key, var in count.items()}
+            model_params = mathopt.ModelSolveParameters(
+                solution_hints=[mathopt.SolutionHint(variable_values=values)])
+    result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params, msg_cb=on_messages,
+                           model_params=model_params)
     if not result.has_primal_feasible_solution():
         return None
     values = result.variable_values()
@@ -237,46 +247,70 @@ def _evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> 
     return max_flow(problem, placement, options.partial_inference).value_tokens_per_s
 
 
+def warm_starts(problem: Problem, options: SolveOptions) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Every fast heuristic's placement: the greedy pipelines and the paper's baselines."""
+    from . import baselines
+
+    candidates: list[tuple[str, dict[str, tuple[int, int]]]] = [
+        ("greedy", pipeline_placement(problem, options.max_hops))]
+    makers: list[tuple[str, Callable[[], dict[str, tuple[int, int]]]]] = [
+        ("homogeneous", lambda: baselines.homogeneous_placement(problem)),
+        ("separate", lambda: baselines.separate_placement(problem)),
+        ("swarm", lambda: baselines.swarm_placement(problem)),
+        ("petals", lambda: baselines.petals_placement(problem, options.seed)),
+    ]
+    for name, make in makers:
+        try:
+            candidates.append((name, make()))
+        except ValueError:
+            continue  # that baseline does not apply to this cluster
+    return candidates
+
+
 @register("milp")
 def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
     started = time.perf_counter()
     deadline = started + options.time_limit_s
     bound = layer_bound(problem)
-    best = pipeline_placement(problem, options.max_hops)
-    best_value = _evaluate(problem, best, options)
     report = options.progress
+    best: dict[str, tuple[int, int]] = {}
+    best_value, source = -1.0, ""
+    for name, candidate in warm_starts(problem, options):
+        value = _evaluate(problem, candidate, options)
+        if value > best_value:
+            best, best_value, source = candidate, value, name
+    incumbent = [best_value]
 
-    def on_log(dual: float, incumbent: float) -> None:
+    def on_log(dual: float, found: float) -> None:
         if report is not None:
-            report(Progress(time.perf_counter() - started, max(best_value, incumbent),
+            report(Progress(time.perf_counter() - started, max(incumbent[0], found),
                             min(dual, bound), "milp"))
 
     if report is not None:
-        report(Progress(time.perf_counter() - started, best_value, bound, "warm start"))
+        report(Progress(time.perf_counter() - started, best_value, bound, f"warm start: {source}"))
     classes = node_classes(problem)
-    links, exact = region_links(problem, bound)
-    relaxed = _build_and_solve(problem, classes, links, bound, options.max_hops, False,
-                               deadline - time.perf_counter(), best_value, on_log)
+    links, intra_exact = region_links(problem, bound)
+    # The conservative model is exact when no inter-region link binds; then its bound is valid.
+    binding = any(strict < INF for (ra, rb), (_, strict) in links.items() if ra != rb)
+    exact = intra_exact and not binding
     proven = bound
     optimal = False
-    if relaxed is not None:
-        proven = relaxed.dual_bound
-        value = _evaluate(problem, relaxed.placement, options)
+    budget = deadline - time.perf_counter()
+    solved = _build_and_solve(problem, classes, links, bound, options.max_hops, True,
+                              budget * (1.0 if exact else 0.7), best_value if exact else 0.0,
+                              on_log, hint=best)
+    if solved is not None:
+        value = _evaluate(problem, solved.placement, options)
         if value > best_value:
-            best, best_value = relaxed.placement, value
-        optimal = relaxed.optimal and best_value >= proven * (1 - 1e-6)
-    if not optimal and time.perf_counter() < deadline - 1:
-        strict = _build_and_solve(problem, classes, links, bound, options.max_hops, True,
-                                  (deadline - time.perf_counter()) / 2, 0.0, on_log)
-        if strict is not None:
-            value = _evaluate(problem, strict.placement, options)
-            if value > best_value:
-                best, best_value = strict.placement, value
+            best, best_value, source = solved.placement, value, "milp"
+            incumbent[0] = value
+        if exact:
+            proven = min(proven, max(solved.dual_bound, best_value))
+            optimal = solved.optimal
     if not optimal and options.max_hops is None and time.perf_counter() < deadline:
         best = local_search(problem, best, options, deadline)
         best_value = _evaluate(problem, best, options)
-        optimal = best_value >= proven * (1 - 1e-6)
-    del exact
+    optimal = optimal or best_value >= proven * (1 - 1e-6)
     if report is not None:
         report(Progress(time.perf_counter() - started, best_value, proven, "done"))
     status = "optimal" if optimal else ("time_limit" if time.perf_counter() >= deadline
