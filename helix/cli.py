@@ -12,20 +12,43 @@ from pathlib import Path
 def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from helix.planner.solvers import solver_names
 
-    p = sub.add_parser("plan", help="place a model's layers on a heterogeneous cluster (max flow)",
-                       description="Assign contiguous layer ranges to the nodes of CLUSTER so that "
-                       "the max flow (tokens/s) through the cluster is as high as possible.")
-    p.add_argument("cluster", nargs="?", default=None,
-                   help="cluster YAML, or the name of a bundled example (default: helix-single24)")
+    p = sub.add_parser(
+        "plan",
+        help="place a model's layers on a heterogeneous cluster (max flow)",
+        description="Assign contiguous layer ranges to the nodes of CLUSTER so that "
+        "the max flow (tokens/s) through the cluster is as high as possible.",
+    )
+    p.add_argument(
+        "cluster",
+        nargs="?",
+        default=None,
+        help="cluster YAML, or the name of a bundled example (default: helix-single24)",
+    )
     p.add_argument("--solver", default="milp", choices=solver_names())
-    p.add_argument("--time-limit", type=float, default=60.0, metavar="S",
-                   help="seconds the search may take (default 60)")
-    p.add_argument("--partial-inference", action="store_true",
-                   help="allow i -> j when start_j <= end_i < end_j")
-    p.add_argument("--max-hops", type=int, default=None, metavar="N",
-                   help="at most N nodes on any request's route")
-    p.add_argument("--pareto", action="store_true",
-                   help="print the throughput / hops frontier instead of one plan")
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds the search may take (default 60)",
+    )
+    p.add_argument(
+        "--partial-inference",
+        action="store_true",
+        help="allow i -> j when start_j <= end_i < end_j",
+    )
+    p.add_argument(
+        "--max-hops",
+        type=int,
+        default=None,
+        metavar="N",
+        help="at most N nodes on any request's route",
+    )
+    p.add_argument(
+        "--pareto",
+        action="store_true",
+        help="print the throughput / hops frontier instead of one plan",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for randomised baselines (petals)")
     p.add_argument("-o", "--output", metavar="PLAN.yaml", help="write the plan as YAML")
     p.add_argument("--png", metavar="PLAN.png", help="draw the placement")
@@ -74,12 +97,22 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     cluster = load_cluster(_resolve_cluster(args.cluster))
     with _progress(err, enabled=not args.json) as progress:
         if args.pareto:
-            frontier = pareto(cluster, time_limit_s=args.time_limit,
-                              partial_inference=args.partial_inference, progress=progress)
+            frontier = pareto(
+                cluster,
+                time_limit_s=args.time_limit,
+                partial_inference=args.partial_inference,
+                progress=progress,
+            )
             return _print_pareto(frontier, out, args.json)
-        result = plan(cluster, args.solver, time_limit_s=args.time_limit,
-                      partial_inference=args.partial_inference, max_hops=args.max_hops,
-                      seed=args.seed, progress=progress)
+        result = plan(
+            cluster,
+            args.solver,
+            time_limit_s=args.time_limit,
+            partial_inference=args.partial_inference,
+            max_hops=args.max_hops,
+            seed=args.seed,
+            progress=progress,
+        )
     if args.output:
         save_plan(result, args.output)
     if args.png:
@@ -98,10 +131,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: ignore[type-arg]
     from rich.table import Table
 
-    rows = [{"hops_max": p.stats.hops_max, "throughput_tokens_per_s": round(
-        p.throughput_tokens_per_s, 3), "upper_bound_tokens_per_s": round(
-        p.upper_bound_tokens_per_s, 3), "latency_ms_mean": round(p.stats.latency_ms_mean, 2),
-        "status": p.solver.status} for p in frontier]
+    rows = [
+        {
+            "hops_max": p.stats.hops_max,
+            "throughput_tokens_per_s": round(p.throughput_tokens_per_s, 3),
+            "upper_bound_tokens_per_s": round(p.upper_bound_tokens_per_s, 3),
+            "latency_ms_mean": round(p.stats.latency_ms_mean, 2),
+            "status": p.solver.status,
+        }
+        for p in frontier
+    ]
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -109,9 +148,13 @@ def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: i
     for column in ("hops (max)", "throughput tok/s", "bound tok/s", "latency ms (mean)", "status"):
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(str(row["hops_max"]), f"{row['throughput_tokens_per_s']:,.1f}",
-                      f"{row['upper_bound_tokens_per_s']:,.1f}", f"{row['latency_ms_mean']:.1f}",
-                      str(row["status"]))
+        table.add_row(
+            str(row["hops_max"]),
+            f"{row['throughput_tokens_per_s']:,.1f}",
+            f"{row['upper_bound_tokens_per_s']:,.1f}",
+            f"{row['latency_ms_mean']:.1f}",
+            str(row["status"]),
+        )
     out.print(table)  # type: ignore[attr-defined]
     return 0
 
@@ -135,7 +178,8 @@ class _progress:
         p = progress
         self.status.update(  # type: ignore[attr-defined]
             f"planning: {p.seconds:5.1f} s | incumbent {p.incumbent_tokens_per_s:,.2f} tok/s | "  # type: ignore[attr-defined]
-            f"bound {p.bound_tokens_per_s:,.2f} | {p.message}")  # type: ignore[attr-defined]
+            f"bound {p.bound_tokens_per_s:,.2f} | {p.message}"
+        )  # type: ignore[attr-defined]
 
     def __exit__(self, *exc: object) -> None:
         if self.status is not None:
@@ -143,8 +187,11 @@ class _progress:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="helix", description="helix-serve: LLM serving over "
-                                     "heterogeneous GPU clusters with max-flow placement")
+    parser = argparse.ArgumentParser(
+        prog="helix",
+        description="helix-serve: LLM serving over "
+        "heterogeneous GPU clusters with max-flow placement",
+    )
     parser.add_argument("--version", action="version", version="helix-serve 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_plan(sub)

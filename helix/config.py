@@ -34,8 +34,9 @@ def load_cluster(path: str | Path) -> ClusterSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError("", f"{path} is not valid YAML{where}: "
-                        f"{getattr(exc, 'problem', None) or exc}") from None
+        raise SpecError(
+            "", f"{path} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        ) from None
     return cluster_from_dict(data, base_dir=path.parent)
 
 
@@ -44,7 +45,9 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None) -> ClusterSpec:
         raise SpecError("", "the cluster file must be a mapping with model, nodes, ...")
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
-        raise SpecError(str(unknown[0]), f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}")
+        raise SpecError(
+            str(unknown[0]), f"unknown key; expected one of {', '.join(sorted(_TOP_KEYS))}"
+        )
     if "model" not in data:
         raise SpecError("model", "missing: a built-in model name or a path to config.json")
     model_value = data["model"]
@@ -58,9 +61,15 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None) -> ClusterSpec:
     regions = {node.region for node in nodes} | {coordinator_region}
     network = _network(data.get("network") or {}, names, regions)
     profiles = _profiles(data.get("profiles") or {}, gpus)
-    return ClusterSpec(model=model, gpus=gpus, nodes=tuple(nodes), network=network,
-                       profiles=profiles, coordinator=coordinator,
-                       coordinator_region=coordinator_region)
+    return ClusterSpec(
+        model=model,
+        gpus=gpus,
+        nodes=tuple(nodes),
+        network=network,
+        profiles=profiles,
+        coordinator=coordinator,
+        coordinator_region=coordinator_region,
+    )
 
 
 def _mapping(value: Any, path: str) -> dict[str, Any]:
@@ -69,8 +78,14 @@ def _mapping(value: Any, path: str) -> dict[str, Any]:
     return value
 
 
-def _number(entry: dict[str, Any], key: str, path: str, *, positive: bool = True,
-            default: float | None = None) -> float:
+def _number(
+    entry: dict[str, Any],
+    key: str,
+    path: str,
+    *,
+    positive: bool = True,
+    default: float | None = None,
+) -> float:
     if key not in entry:
         if default is not None:
             return default
@@ -88,7 +103,9 @@ def _number(entry: dict[str, Any], key: str, path: str, *, positive: bool = True
 def _check_keys(entry: dict[str, Any], allowed: set[str], path: str) -> None:
     for key in sorted(entry, key=str):
         if key not in allowed:
-            raise SpecError(f"{path}.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}")
+            raise SpecError(
+                f"{path}.{key}", f"unknown key; expected one of {', '.join(sorted(allowed))}"
+            )
 
 
 def _gpus(section: Any) -> dict[str, GpuSpec]:
@@ -129,8 +146,11 @@ def _nodes(section: Any, gpus: dict[str, GpuSpec]) -> list[NodeSpec]:
         if gpu not in gpus:
             spec = resolve_gpu(gpu)
             if spec is None:
-                raise SpecError(f"{path}.gpu", f"unknown GPU kind {gpu!r}; known: "
-                                f"{', '.join(sorted(gpus))} (or define it under gpus:)")
+                raise SpecError(
+                    f"{path}.gpu",
+                    f"unknown GPU kind {gpu!r}; known: "
+                    f"{', '.join(sorted(gpus))} (or define it under gpus:)",
+                )
             gpus[gpu] = GpuSpec(gpu, spec.memory_gb, spec.bf16_tflops, spec.hbm_gbps)
         nic = _number(entry, "nic_gbps", path) if "nic_gbps" in entry else None
         region = str(entry.get("region", "default"))
@@ -142,7 +162,9 @@ def _nodes(section: Any, gpus: dict[str, GpuSpec]) -> list[NodeSpec]:
             raise SpecError(f"{path}.address", "cannot be shared by a group (count > 1)")
         for j in range(count):
             name = entry["name"] if count == 1 else f"{entry['name']}-{j}"
-            nodes.append(NodeSpec(name, gpu, region, nic, None if address is None else str(address)))
+            nodes.append(
+                NodeSpec(name, gpu, region, nic, None if address is None else str(address))
+            )
     seen: dict[str, int] = {}
     for i, node in enumerate(nodes):
         if node.name in seen:
@@ -164,11 +186,15 @@ def _coordinator(value: Any, nodes: list[NodeSpec]) -> tuple[str, str]:
 
 def _link(entry: Any, path: str) -> LinkSpec:
     entry = _mapping(entry, path)
-    return LinkSpec(gbps=_number(entry, "gbps", path),
-                    latency_ms=_number(entry, "latency_ms", path, positive=False, default=0.0))
+    return LinkSpec(
+        gbps=_number(entry, "gbps", path),
+        latency_ms=_number(entry, "latency_ms", path, positive=False, default=0.0),
+    )
 
 
-def _pairs(section: Any, path: str, known: set[str], what: str) -> tuple[tuple[str, str, LinkSpec], ...]:
+def _pairs(
+    section: Any, path: str, known: set[str], what: str
+) -> tuple[tuple[str, str, LinkSpec], ...]:
     if not isinstance(section, list):
         raise SpecError(path, "must be a list of {between: [a, b], gbps, latency_ms}")
     out = []
@@ -190,16 +216,21 @@ def _pairs(section: Any, path: str, known: set[str], what: str) -> tuple[tuple[s
 
 def _network(section: Any, names: set[str], regions: set[str]) -> NetworkSpec:
     section = _mapping(section, "network")
-    _check_keys(section, {"default", "intra_region", "inter_region", "region_links", "links"},
-                "network")
-    single = {key: _link(section[key], f"network.{key}")
-              for key in ("default", "intra_region", "inter_region") if key in section}
+    _check_keys(
+        section, {"default", "intra_region", "inter_region", "region_links", "links"}, "network"
+    )
+    single = {
+        key: _link(section[key], f"network.{key}")
+        for key in ("default", "intra_region", "inter_region")
+        if key in section
+    }
     return NetworkSpec(
         default=single.get("default"),
         intra_region=single.get("intra_region"),
         inter_region=single.get("inter_region"),
-        region_links=_pairs(section.get("region_links", []), "network.region_links", regions,
-                            "region"),
+        region_links=_pairs(
+            section.get("region_links", []), "network.region_links", regions, "region"
+        ),
         links=_pairs(section.get("links", []), "network.links", names, "node"),
     )
 
@@ -215,15 +246,17 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
         values = entry.get("tokens_per_s")
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path}.tokens_per_s", "must be a non-empty list [T(1), ..., T(max)]")
-        tokens = tuple(_number({"v": v}, "v", f"{path}.tokens_per_s[{i}]") for i, v in
-                       enumerate(values))
+        tokens = tuple(
+            _number({"v": v}, "v", f"{path}.tokens_per_s[{i}]") for i, v in enumerate(values)
+        )
         max_layers = entry.get("max_layers", len(tokens))
         if isinstance(max_layers, bool) or not isinstance(max_layers, int):
             raise SpecError(f"{path}.max_layers", f"must be an integer, got {max_layers!r}")
         decode = entry.get("decode_layer_ms")
         try:
-            profiles[str(name)] = Profile(max_layers, tokens,
-                                          None if decode is None else float(decode))
+            profiles[str(name)] = Profile(
+                max_layers, tokens, None if decode is None else float(decode)
+            )
         except SpecError as exc:
             raise SpecError(f"{path}.{exc.path}", exc.message) from None
     return profiles
@@ -231,13 +264,16 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
 
 def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
     """The YAML form of a cluster (round-trips through cluster_from_dict)."""
+
     def link(spec: LinkSpec) -> dict[str, float]:
         return {"gbps": spec.gbps, "latency_ms": spec.latency_ms}
 
     net = cluster.network
-    network: dict[str, Any] = {key: link(getattr(net, key)) for key in
-                               ("default", "intra_region", "inter_region")
-                               if getattr(net, key) is not None}
+    network: dict[str, Any] = {
+        key: link(getattr(net, key))
+        for key in ("default", "intra_region", "inter_region")
+        if getattr(net, key) is not None
+    }
     if net.region_links:
         network["region_links"] = [{"between": [a, b], **link(s)} for a, b, s in net.region_links]
     if net.links:
@@ -253,12 +289,16 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
         nodes.append(entry)
     return {
         "model": cluster.model.name,
-        "gpus": {name: {"memory_gb": g.memory_gb, "bf16_tflops": g.bf16_tflops,
-                        "hbm_gbps": g.hbm_gbps} for name, g in sorted(cluster.gpus.items())
-                 if name in used},
+        "gpus": {
+            name: {"memory_gb": g.memory_gb, "bf16_tflops": g.bf16_tflops, "hbm_gbps": g.hbm_gbps}
+            for name, g in sorted(cluster.gpus.items())
+            if name in used
+        },
         "nodes": nodes,
         "network": network,
         "coordinator": {"name": cluster.coordinator, "region": cluster.coordinator_region},
-        "profiles": {name: {"max_layers": p.max_layers, "tokens_per_s": list(p.tokens_per_s)}
-                     for name, p in sorted(cluster.profiles.items())},
+        "profiles": {
+            name: {"max_layers": p.max_layers, "tokens_per_s": list(p.tokens_per_s)}
+            for name, p in sorted(cluster.profiles.items())
+        },
     }

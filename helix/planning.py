@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -12,25 +12,41 @@ if TYPE_CHECKING:
     from helix.planner.spec import ClusterSpec
 
 
-def plan(cluster: ClusterSpec | str | Path, solver: str = "milp", *, time_limit_s: float = 60.0,
-         partial_inference: bool = False, max_hops: int | None = None, seed: int = 0,
-         progress: Any = None) -> Plan:
+def plan(
+    cluster: ClusterSpec | str | Path,
+    solver: str = "milp",
+    *,
+    time_limit_s: float = 60.0,
+    partial_inference: bool = False,
+    max_hops: int | None = None,
+    seed: int = 0,
+    progress: Any = None,
+) -> Plan:
     """Place the cluster's model on its nodes. `cluster` is a ClusterSpec or a cluster YAML path."""
     from helix.config import load_cluster
     from helix.planner.problem import build_problem
     from helix.planner.solvers import SolveOptions, solve
 
     spec = cluster if not isinstance(cluster, (str, Path)) else load_cluster(cluster)
-    options = SolveOptions(time_limit_s=time_limit_s, partial_inference=partial_inference,
-                           max_hops=max_hops, seed=seed, progress=progress)
+    options = SolveOptions(
+        time_limit_s=time_limit_s,
+        partial_inference=partial_inference,
+        max_hops=max_hops,
+        seed=seed,
+        progress=progress,
+    )
     return solve(build_problem(spec), solver, options)
 
 
-def pareto(cluster: ClusterSpec | str | Path, *, time_limit_s: float = 60.0,
-           partial_inference: bool = False, progress: Callable[[Progress], None] | None = None
-           ) -> list[Plan]:
-    """Throughput/hops frontier: the best plan for each hop limit from the fewest possible hops up to
-    the unlimited plan's depth; dominated points are dropped."""
+def pareto(
+    cluster: ClusterSpec | str | Path,
+    *,
+    time_limit_s: float = 60.0,
+    partial_inference: bool = False,
+    progress: Callable[[Progress], None] | None = None,
+) -> list[Plan]:
+    """Throughput/hops frontier: the best plan for each hop limit from the fewest possible hops up
+    to the unlimited plan's depth; dominated points are dropped."""
     from helix.config import load_cluster
     from helix.planner.hops import min_hops
     from helix.planner.problem import build_problem
@@ -39,15 +55,27 @@ def pareto(cluster: ClusterSpec | str | Path, *, time_limit_s: float = 60.0,
     spec = cluster if not isinstance(cluster, (str, Path)) else load_cluster(cluster)
     problem = build_problem(spec)
     share = time_limit_s / 4
-    unlimited = solve(problem, "milp", SolveOptions(time_limit_s=share,
-                                                    partial_inference=partial_inference,
-                                                    progress=progress))
+    unlimited = solve(
+        problem,
+        "milp",
+        SolveOptions(time_limit_s=share, partial_inference=partial_inference, progress=progress),
+    )
     low, high = min_hops(problem), unlimited.stats.hops_max
     limits = sorted({low, *range(low, high, max(1, (high - low) // 6))} - {high})
     per_point = (time_limit_s - share) / max(1, len(limits))
-    plans = [solve(problem, "milp", SolveOptions(time_limit_s=per_point, max_hops=h,
-                                                 partial_inference=partial_inference,
-                                                 progress=progress)) for h in limits]
+    plans = [
+        solve(
+            problem,
+            "milp",
+            SolveOptions(
+                time_limit_s=per_point,
+                max_hops=h,
+                partial_inference=partial_inference,
+                progress=progress,
+            ),
+        )
+        for h in limits
+    ]
     plans.append(unlimited)
     frontier: list[Plan] = []
     for candidate in sorted(plans, key=lambda p: (p.stats.hops_max, -p.throughput_tokens_per_s)):

@@ -1,4 +1,5 @@
-"""Built-in GPU kinds and model shapes, and reading a model shape from a Hugging Face config.json."""
+"""Built-in GPU kinds and model shapes, and reading a model shape from a Hugging Face
+config.json."""
 
 from __future__ import annotations
 
@@ -30,18 +31,61 @@ GPU_ALIASES: dict[str, str] = {"A100": "A100-40GB", "RTX4090": "RTX-4090", "4090
 MODEL_CATALOG: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("llama-2-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
-                  intermediate_size=28672, vocab_size=32000),
-        ModelSpec("llama-30b", num_layers=60, hidden_size=6656, num_heads=52, num_kv_heads=52,
-                  intermediate_size=17920, vocab_size=32000),
-        ModelSpec("llama-3-8b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=8,
-                  intermediate_size=14336, vocab_size=128256),
-        ModelSpec("llama-3-70b", num_layers=80, hidden_size=8192, num_heads=64, num_kv_heads=8,
-                  intermediate_size=28672, vocab_size=128256),
-        ModelSpec("qwen2.5-7b", num_layers=28, hidden_size=3584, num_heads=28, num_kv_heads=4,
-                  intermediate_size=18944, vocab_size=152064),
-        ModelSpec("smollm2-135m", num_layers=30, hidden_size=576, num_heads=9, num_kv_heads=3,
-                  intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
+        ModelSpec(
+            "llama-2-70b",
+            num_layers=80,
+            hidden_size=8192,
+            num_heads=64,
+            num_kv_heads=8,
+            intermediate_size=28672,
+            vocab_size=32000,
+        ),
+        ModelSpec(
+            "llama-30b",
+            num_layers=60,
+            hidden_size=6656,
+            num_heads=52,
+            num_kv_heads=52,
+            intermediate_size=17920,
+            vocab_size=32000,
+        ),
+        ModelSpec(
+            "llama-3-8b",
+            num_layers=32,
+            hidden_size=4096,
+            num_heads=32,
+            num_kv_heads=8,
+            intermediate_size=14336,
+            vocab_size=128256,
+        ),
+        ModelSpec(
+            "llama-3-70b",
+            num_layers=80,
+            hidden_size=8192,
+            num_heads=64,
+            num_kv_heads=8,
+            intermediate_size=28672,
+            vocab_size=128256,
+        ),
+        ModelSpec(
+            "qwen2.5-7b",
+            num_layers=28,
+            hidden_size=3584,
+            num_heads=28,
+            num_kv_heads=4,
+            intermediate_size=18944,
+            vocab_size=152064,
+        ),
+        ModelSpec(
+            "smollm2-135m",
+            num_layers=30,
+            hidden_size=576,
+            num_heads=9,
+            num_kv_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
     )
 }
 
@@ -97,5 +141,8 @@ def resolve_model(value: str, base_dir: Path | None = None, field_path: str = "m
         path = base_dir / path
     if path.exists():
         return model_from_hf_config(path, field_path)
-    raise SpecError(field_path, f"unknown model {value!r}: not a built-in name "
-                    f"({', '.join(sorted(MODEL_CATALOG))}) and no such path")
+    raise SpecError(
+        field_path,
+        f"unknown model {value!r}: not a built-in name "
+        f"({', '.join(sorted(MODEL_CATALOG))}) and no such path",
+    )

@@ -17,8 +17,9 @@ def min_hops(problem: Problem) -> int:
     return hops
 
 
-def hop_limited_flow(problem: Problem, placement: Placement, max_hops: int,
-                     partial: bool = False) -> dict[tuple[str, str], float]:
+def hop_limited_flow(
+    problem: Problem, placement: Placement, max_hops: int, partial: bool = False
+) -> dict[tuple[str, str], float]:
     """Edge flows (u, v) -> tokens/s of the best flow whose paths have at most `max_hops` nodes."""
     from ortools.math_opt.python import mathopt
 
@@ -47,7 +48,8 @@ def hop_limited_flow(problem: Problem, placement: Placement, max_hops: int,
             through += incoming
         if through:
             model.add_linear_constraint(
-                sum(through) <= node_capacity(problem, name, placement[name]))
+                sum(through) <= node_capacity(problem, name, placement[name])
+            )
     model.maximize(sum(out.get((SOURCE, 0), [])))
     result = mathopt.solve(model, mathopt.SolverType.GLOP)
     if not result.has_primal_feasible_solution():

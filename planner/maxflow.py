@@ -36,8 +36,9 @@ def usable_edge(a: tuple[int, int], b: tuple[int, int], partial: bool) -> bool:
     return a[1] == b[0]
 
 
-def placement_edges(problem: Problem, placement: Placement, partial: bool = False
-                    ) -> list[tuple[str, str, float]]:
+def placement_edges(
+    problem: Problem, placement: Placement, partial: bool = False
+) -> list[tuple[str, str, float]]:
     """Directed capacity edges (u, v, tokens/s) between source, nodes and sink; sorted, stable."""
     num_layers = problem.num_layers
     names = sorted(placement)
@@ -71,8 +72,13 @@ def max_flow(problem: Problem, placement: Placement, partial: bool = False) -> F
     arcs: list[tuple[str, str, int]] = []
     for name in names:
         cap = node_capacity(problem, name, placement[name])
-        arcs.append((name, name, solver.add_arc_with_capacity(
-            index[name], index[name] + 1, int(cap * _SCALE))))
+        arcs.append(
+            (
+                name,
+                name,
+                solver.add_arc_with_capacity(index[name], index[name] + 1, int(cap * _SCALE)),
+            )
+        )
     for u, v, cap in placement_edges(problem, placement, partial):
         tail = index[u] + 1 if u not in (SOURCE, SINK) else index[u]
         arcs.append((u, v, solver.add_arc_with_capacity(tail, index[v], int(cap * _SCALE))))
@@ -110,7 +116,9 @@ def decompose(edge_flows: Mapping[tuple[str, str], float]) -> list[tuple[list[st
     while True:
         path = [SOURCE]
         while path[-1] != SINK:
-            nexts = [v for v in out_edges.get(path[-1], []) if remaining.get((path[-1], v), 0) > 1e-9]
+            nexts = [
+                v for v in out_edges.get(path[-1], []) if remaining.get((path[-1], v), 0) > 1e-9
+            ]
             if not nexts or len(path) > len(out_edges) + 2:
                 break
             path.append(max(nexts, key=lambda v, u=path[-1]: (remaining[(u, v)], v)))
@@ -122,8 +130,9 @@ def decompose(edge_flows: Mapping[tuple[str, str], float]) -> list[tuple[list[st
         paths.append((path[1:-1], amount))
 
 
-def path_stats(problem: Problem, placement: Placement,
-               edge_flows: Mapping[tuple[str, str], float]) -> PathStats:
+def path_stats(
+    problem: Problem, placement: Placement, edge_flows: Mapping[tuple[str, str], float]
+) -> PathStats:
     """Hops and per-token latency (node compute + link latencies, coordinator links included)."""
     paths = decompose(edge_flows)
     total = sum(amount for _, amount in paths)
@@ -131,7 +140,9 @@ def path_stats(problem: Problem, placement: Placement,
         return PathStats(0, 0.0, 0.0, 0.0, 0)
     latencies: list[float] = []
     for nodes, _ in paths:
-        latency = problem.source_links[nodes[0]].latency_ms + problem.sink_links[nodes[-1]].latency_ms
+        latency = (
+            problem.source_links[nodes[0]].latency_ms + problem.sink_links[nodes[-1]].latency_ms
+        )
         for i, name in enumerate(nodes):
             start, end = placement[name]
             if i > 0:  # partial inference: only the layers beyond the previous node's end run here
@@ -180,5 +191,7 @@ def layer_bound(problem: Problem) -> float:
 
 def paper_bound(problem: Problem) -> float:
     """The Helix artifact's ceiling sum_i max_k k*T_i(k) / L (ignores coverage and memory)."""
-    return sum(max(k * t for k, t in enumerate(node.tokens_per_s, start=1))
-               for node in problem.nodes) / problem.num_layers
+    return (
+        sum(max(k * t for k, t in enumerate(node.tokens_per_s, start=1)) for node in problem.nodes)
+        / problem.num_layers
+    )

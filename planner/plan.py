@@ -67,18 +67,29 @@ class Plan:
             "throughput_tokens_per_s": _r(self.throughput_tokens_per_s),
             "upper_bound_tokens_per_s": _r(self.upper_bound_tokens_per_s),
             "gap": _r(self.gap, 6),
-            "solver": {"name": self.solver.name, "seconds": _r(self.solver.seconds, 2),
-                       "status": self.solver.status},
+            "solver": {
+                "name": self.solver.name,
+                "seconds": _r(self.solver.seconds, 2),
+                "status": self.solver.status,
+            },
             "partial_inference": self.partial_inference,
             "max_hops": self.max_hops,
-            "pipeline": {"hops_max": self.stats.hops_max, "hops_mean": _r(self.stats.hops_mean),
-                         "latency_ms_mean": _r(self.stats.latency_ms_mean),
-                         "latency_ms_max": _r(self.stats.latency_ms_max),
-                         "num_paths": self.stats.num_paths},
-            "nodes": {name: {"layers": [node.start, node.end], "gpu": node.gpu,
-                             "capacity_tokens_per_s": _r(node.capacity_tokens_per_s),
-                             "flow_tokens_per_s": _r(node.flow_tokens_per_s)}
-                      for name, node in sorted(self.nodes.items(), key=_node_order)},
+            "pipeline": {
+                "hops_max": self.stats.hops_max,
+                "hops_mean": _r(self.stats.hops_mean),
+                "latency_ms_mean": _r(self.stats.latency_ms_mean),
+                "latency_ms_max": _r(self.stats.latency_ms_max),
+                "num_paths": self.stats.num_paths,
+            },
+            "nodes": {
+                name: {
+                    "layers": [node.start, node.end],
+                    "gpu": node.gpu,
+                    "capacity_tokens_per_s": _r(node.capacity_tokens_per_s),
+                    "flow_tokens_per_s": _r(node.flow_tokens_per_s),
+                }
+                for name, node in sorted(self.nodes.items(), key=_node_order)
+            },
             "flows": [{"from": u, "to": v, "tokens_per_s": _r(f)} for u, v, f in self.flows],
         }
 
@@ -93,28 +104,43 @@ class Plan:
             nodes: dict[str, NodePlan] = {}
             for name, entry in (data.get("nodes") or {}).items():
                 layers = entry.get("layers")
-                if (not isinstance(layers, list) or len(layers) != 2
-                        or not all(isinstance(x, int) for x in layers) or layers[0] >= layers[1]):
+                if (
+                    not isinstance(layers, list)
+                    or len(layers) != 2
+                    or not all(isinstance(x, int) for x in layers)
+                    or layers[0] >= layers[1]
+                ):
                     raise SpecError(f"nodes.{name}.layers", "must be [start, end] with start < end")
-                nodes[str(name)] = NodePlan(layers[0], layers[1], str(entry.get("gpu", "")),
-                                            float(entry.get("capacity_tokens_per_s", 0.0)),
-                                            float(entry.get("flow_tokens_per_s", 0.0)))
-            flows = [(str(f["from"]), str(f["to"]), float(f["tokens_per_s"]))
-                     for f in data.get("flows") or []]
+                nodes[str(name)] = NodePlan(
+                    layers[0],
+                    layers[1],
+                    str(entry.get("gpu", "")),
+                    float(entry.get("capacity_tokens_per_s", 0.0)),
+                    float(entry.get("flow_tokens_per_s", 0.0)),
+                )
+            flows = [
+                (str(f["from"]), str(f["to"]), float(f["tokens_per_s"]))
+                for f in data.get("flows") or []
+            ]
             return Plan(
                 model=str(data["model"]),
                 num_layers=int(data.get("num_layers") or max(n.end for n in nodes.values())),
                 throughput_tokens_per_s=float(data["throughput_tokens_per_s"]),
                 upper_bound_tokens_per_s=float(data.get("upper_bound_tokens_per_s", 0.0)),
-                solver=SolverInfo(str(solver.get("name", "")), float(solver.get("seconds", 0.0)),
-                                  str(solver.get("status", ""))),
+                solver=SolverInfo(
+                    str(solver.get("name", "")),
+                    float(solver.get("seconds", 0.0)),
+                    str(solver.get("status", "")),
+                ),
                 nodes=nodes,
                 flows=flows,
-                stats=PathStats(int(pipeline.get("hops_max", 0)),
-                                float(pipeline.get("hops_mean", 0.0)),
-                                float(pipeline.get("latency_ms_mean", 0.0)),
-                                float(pipeline.get("latency_ms_max", 0.0)),
-                                int(pipeline.get("num_paths", 0))),
+                stats=PathStats(
+                    int(pipeline.get("hops_max", 0)),
+                    float(pipeline.get("hops_mean", 0.0)),
+                    float(pipeline.get("latency_ms_mean", 0.0)),
+                    float(pipeline.get("latency_ms_max", 0.0)),
+                    int(pipeline.get("num_paths", 0)),
+                ),
                 partial_inference=bool(data.get("partial_inference", False)),
                 max_hops=data.get("max_hops"),
             )
@@ -134,9 +160,16 @@ def _node_order(item: tuple[str, NodePlan]) -> tuple[int, int, str]:
     return (item[1].start, item[1].end, item[0])
 
 
-def build_plan(problem: Problem, placement: Placement, *, solver: SolverInfo, bound: float,
-               partial: bool = False, max_hops: int | None = None,
-               edge_flows: dict[tuple[str, str], float] | None = None) -> Plan:
+def build_plan(
+    problem: Problem,
+    placement: Placement,
+    *,
+    solver: SolverInfo,
+    bound: float,
+    partial: bool = False,
+    max_hops: int | None = None,
+    edge_flows: dict[tuple[str, str], float] | None = None,
+) -> Plan:
     """Evaluate a placement exactly and package it. `edge_flows` overrides the plain max flow
     (the hop-limited evaluator passes its own)."""
     if edge_flows is None:
@@ -149,15 +182,33 @@ def build_plan(problem: Problem, placement: Placement, *, solver: SolverInfo, bo
             node_flow[u] = node_flow.get(u, 0.0) + f
     used = {name: layers for name, layers in placement.items() if node_flow.get(name, 0.0) > 1e-6}
     nodes = {
-        name: NodePlan(start, end, problem.node(name).gpu,
-                       problem.node(name).capacity(start, end, problem.num_layers),
-                       node_flow.get(name, 0.0))
+        name: NodePlan(
+            start,
+            end,
+            problem.node(name).gpu,
+            problem.node(name).capacity(start, end, problem.num_layers),
+            node_flow.get(name, 0.0),
+        )
         for name, (start, end) in used.items()
     }
     flows = sorted(
-        ((COORDINATOR if u == SOURCE else u, COORDINATOR if v == SINK else v, f)
-         for (u, v), f in edge_flows.items() if f > 1e-6),
-        key=lambda e: (e[0] != COORDINATOR, e[0], e[1]))
+        (
+            (COORDINATOR if u == SOURCE else u, COORDINATOR if v == SINK else v, f)
+            for (u, v), f in edge_flows.items()
+            if f > 1e-6
+        ),
+        key=lambda e: (e[0] != COORDINATOR, e[0], e[1]),
+    )
     stats = path_stats(problem, used, edge_flows)
-    return Plan(problem.model.name, problem.num_layers, value, max(bound, value), solver, nodes,
-                flows, stats, partial, max_hops)
+    return Plan(
+        problem.model.name,
+        problem.num_layers,
+        value,
+        max(bound, value),
+        solver,
+        nodes,
+        flows,
+        stats,
+        partial,
+        max_hops,
+    )

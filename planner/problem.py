@@ -87,9 +87,12 @@ def build_problem(cluster: ClusterSpec, cost: CostModel = DEFAULT_COST_MODEL) ->
         measured = cluster.profiles.get(node.gpu)
         profile = measured or cost.profile(gpu, model)
         if profile is None:
-            raise SpecError(f"nodes[{i}].gpu", f"{node.name}: a {gpu.name} ({gpu.memory_gb:g} GB) "
-                            f"cannot hold one layer of {model.name} "
-                            f"({model.layer_bytes / 1e9:.2f} GB of weights per layer)")
+            raise SpecError(
+                f"nodes[{i}].gpu",
+                f"{node.name}: a {gpu.name} ({gpu.memory_gb:g} GB) "
+                f"cannot hold one layer of {model.name} "
+                f"({model.layer_bytes / 1e9:.2f} GB of weights per layer)",
+            )
         max_layers = min(profile.max_layers, model.num_layers)
         tokens = profile.tokens_per_s[:max_layers]
         if measured is not None and measured.decode_layer_ms is not None:
@@ -100,14 +103,17 @@ def build_problem(cluster: ClusterSpec, cost: CostModel = DEFAULT_COST_MODEL) ->
         nodes.append(NodeCapacity(node.name, node.gpu, node.region, tokens, latency, nic))
     total = sum(node.max_layers for node in nodes)
     if total < model.num_layers:
-        raise SpecError("nodes", f"the cluster holds at most {total} layers in all, fewer than the "
-                        f"{model.num_layers} layers of {model.name}: add GPUs or pick a smaller model")
+        raise SpecError(
+            "nodes",
+            f"the cluster holds at most {total} layers in all, fewer than the "
+            f"{model.num_layers} layers of {model.name}: add GPUs or pick a smaller model",
+        )
 
     net = cluster.network
     links: dict[tuple[str, str], Edge] = {}
     specs = cluster.nodes
     for a_index, a in enumerate(specs):
-        for b in specs[a_index + 1:]:
+        for b in specs[a_index + 1 :]:
             link = net.link(a.name, a.region, b.name, b.region)
             if link is not None:
                 edge = _edge(link, act_bytes)

@@ -1,9 +1,10 @@
 """Node capacity T(k): tokens/s of one GPU while it holds k layers, from a roofline cost model.
 
-A measured `Profile` (the cluster file's `profiles:` section) replaces the model. The roofline follows
-the Helix paper's accounting: a typical request has 750 prompt and 240 decode tokens, both counted in
-the throughput, and the decode batch is limited by the KV cache left beside k layers of weights. So
-k*T(k) falls as k grows: more weights leave less KV room, a smaller batch, and worse amortisation.
+A measured `Profile` (the cluster file's `profiles:` section) replaces the model. The roofline
+follows the Helix paper's accounting: a typical request has 750 prompt and 240 decode tokens, both
+counted in the throughput, and the decode batch is limited by the KV cache left beside k layers of
+weights. So k*T(k) falls as k grows: more weights leave less KV room, a smaller batch, and worse
+amortisation.
 """
 
 from __future__ import annotations
@@ -33,15 +34,16 @@ class CostModel:
     """Upper bound on the resident decode batch."""
 
     def max_layers(self, gpu: GpuSpec, model: ModelSpec) -> int:
-        """Layers whose weights fit in `weight_memory_fraction` of the GPU's memory (capped at L)."""
+        """Layers whose weights fit in `weight_memory_fraction` of memory (capped at L)."""
         budget = gpu.memory_gb * 1e9 * self.weight_memory_fraction
         return min(model.num_layers, int(budget // model.layer_bytes))
 
     def decode_batch(self, gpu: GpuSpec, model: ModelSpec, num_layers: int) -> int:
         """Resident decode batch: requests whose full KV fits beside `num_layers` layers."""
         kv_free = gpu.memory_gb * 1e9 * self.memory_utilization - num_layers * model.layer_bytes
-        per_request = num_layers * model.kv_bytes_per_token_layer * (
-            self.prompt_tokens + self.decode_tokens)
+        per_request = (
+            num_layers * model.kv_bytes_per_token_layer * (self.prompt_tokens + self.decode_tokens)
+        )
         return max(1, min(self.max_batch, int(kv_free // per_request)))
 
     def decode_layer_s(self, gpu: GpuSpec, model: ModelSpec, batch: int) -> float:
@@ -49,7 +51,9 @@ class CostModel:
         bandwidth = gpu.hbm_gbps * 1e9 * self.bandwidth_efficiency
         flops = gpu.bf16_tflops * 1e12 * self.compute_efficiency
         context = self.prompt_tokens + self.decode_tokens / 2
-        memory_s = (model.layer_bytes + batch * context * model.kv_bytes_per_token_layer) / bandwidth
+        memory_s = (
+            model.layer_bytes + batch * context * model.kv_bytes_per_token_layer
+        ) / bandwidth
         attention_flops = 4 * context * model.num_heads * model.head_size
         compute_s = batch * (model.flops_per_token_layer + attention_flops) / flops
         return max(memory_s, compute_s)
@@ -61,13 +65,15 @@ class CostModel:
         n = self.prompt_tokens
         attention_flops = 2 * n * n * model.num_heads * model.head_size
         return (n * model.flops_per_token_layer + attention_flops) / flops + (
-            model.layer_bytes / bandwidth)
+            model.layer_bytes / bandwidth
+        )
 
     def tokens_per_s(self, gpu: GpuSpec, model: ModelSpec, num_layers: int) -> float:
         """T(k): prompt plus decode tokens per second with k layers held."""
         batch = self.decode_batch(gpu, model, num_layers)
         per_request_layer_s = self.prompt_layer_s(gpu, model) + (
-            self.decode_tokens * self.decode_layer_s(gpu, model, batch) / batch)
+            self.decode_tokens * self.decode_layer_s(gpu, model, batch) / batch
+        )
         return (self.prompt_tokens + self.decode_tokens) / (num_layers * per_request_layer_s)
 
     def profile(self, gpu: GpuSpec, model: ModelSpec) -> Profile | None:

@@ -1,7 +1,7 @@
 """Plain, frozen descriptions of a model and a heterogeneous cluster (units in every field name).
 
-Nothing here parses YAML or does I/O: `helix.config` builds these from a cluster file, and the solvers
-read them through `helix.planner.problem.Problem`.
+Nothing here parses YAML or does I/O: `helix.config` builds these from a cluster file, and the
+solvers read them through `helix.planner.problem.Problem`.
 """
 
 from __future__ import annotations
@@ -36,10 +36,19 @@ class ModelSpec:
     """Bytes per weight, KV entry and activation element (2 for fp16/bf16)."""
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
-                     "intermediate_size", "vocab_size", "dtype_bytes"):
+        for name in (
+            "num_layers",
+            "hidden_size",
+            "num_heads",
+            "num_kv_heads",
+            "intermediate_size",
+            "vocab_size",
+            "dtype_bytes",
+        ):
             if getattr(self, name) <= 0:
-                raise SpecError(f"model.{name}", f"must be a positive integer, got {getattr(self, name)}")
+                raise SpecError(
+                    f"model.{name}", f"must be a positive integer, got {getattr(self, name)}"
+                )
         if self.num_heads % self.num_kv_heads:
             raise SpecError("model.num_kv_heads", "must divide num_heads")
 
@@ -88,7 +97,9 @@ class GpuSpec:
     def __post_init__(self) -> None:
         for name in ("memory_gb", "bf16_tflops", "hbm_gbps"):
             if not getattr(self, name) > 0:
-                raise SpecError(f"gpus.{self.name}.{name}", f"must be > 0, got {getattr(self, name)}")
+                raise SpecError(
+                    f"gpus.{self.name}.{name}", f"must be > 0, got {getattr(self, name)}"
+                )
 
 
 @dataclass(frozen=True)
@@ -104,8 +115,10 @@ class Profile:
         if self.max_layers < 1:
             raise SpecError("max_layers", f"must be >= 1, got {self.max_layers}")
         if len(self.tokens_per_s) != self.max_layers:
-            raise SpecError("tokens_per_s", f"needs {self.max_layers} entries (one per k), "
-                            f"got {len(self.tokens_per_s)}")
+            raise SpecError(
+                "tokens_per_s",
+                f"needs {self.max_layers} entries (one per k), got {len(self.tokens_per_s)}",
+            )
         for k, value in enumerate(self.tokens_per_s, start=1):
             if not value > 0:
                 raise SpecError(f"tokens_per_s[{k - 1}]", f"must be > 0, got {value}")
@@ -184,7 +197,9 @@ class ClusterSpec:
                 raise SpecError(f"nodes[{i}].name", f"duplicate name {node.name!r}")
             seen.add(node.name)
             if node.gpu not in self.gpus:
-                raise SpecError(f"nodes[{i}].gpu", f"unknown GPU kind {node.gpu!r}; known: "
-                                f"{', '.join(sorted(self.gpus))}")
+                raise SpecError(
+                    f"nodes[{i}].gpu",
+                    f"unknown GPU kind {node.gpu!r}; known: {', '.join(sorted(self.gpus))}",
+                )
             if node.nic_gbps is not None and not node.nic_gbps > 0:
                 raise SpecError(f"nodes[{i}].nic_gbps", f"must be > 0, got {node.nic_gbps}")

@@ -44,7 +44,7 @@ class SolveResult:
     status: str
     """optimal | feasible | time_limit | heuristic | infeasible."""
     bound_tokens_per_s: float | None = None
-    """A proven upper bound on the best flow for this problem and options, when the solver has one."""
+    """A proven upper bound on the best flow for these options, when the solver has one."""
     edge_flows: dict[tuple[str, str], float] | None = None
     """Flows to use instead of the plain max flow (hop-limited solutions)."""
     partial_inference: bool | None = None
@@ -59,6 +59,7 @@ def register(name: str) -> Callable[[SolverFn], SolverFn]:
     def wrap(fn: SolverFn) -> SolverFn:
         SOLVERS[name] = fn
         return fn
+
     return wrap
 
 
@@ -72,7 +73,7 @@ def solver_names() -> list[str]:
 
 
 def solve(problem: Problem, solver: str = "milp", options: SolveOptions | None = None) -> Plan:
-    """Run a solver and evaluate its placement exactly; the Plan's bound is the tightest valid one."""
+    """Run a solver, evaluate its placement exactly; the Plan carries the tightest valid bound."""
     _load_builtin()
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose from {', '.join(sorted(SOLVERS))}")
@@ -82,8 +83,10 @@ def solve(problem: Problem, solver: str = "milp", options: SolveOptions | None =
 
         fewest = min_hops(problem)
         if options.max_hops < fewest:
-            raise ValueError(f"max_hops={options.max_hops} is infeasible: a route needs at least "
-                             f"{fewest} nodes to hold all {problem.num_layers} layers")
+            raise ValueError(
+                f"max_hops={options.max_hops} is infeasible: a route needs at least "
+                f"{fewest} nodes to hold all {problem.num_layers} layers"
+            )
     started = time.perf_counter()
     result = SOLVERS[solver](problem, options)
     seconds = time.perf_counter() - started
@@ -93,11 +96,19 @@ def solve(problem: Problem, solver: str = "milp", options: SolveOptions | None =
     edge_flows = result.edge_flows
     if edge_flows is None and options.max_hops is not None:
         from ..hops import hop_limited_flow
-        edge_flows = hop_limited_flow(problem, result.placement, options.max_hops,
-                                      options.partial_inference)
+
+        edge_flows = hop_limited_flow(
+            problem, result.placement, options.max_hops, options.partial_inference
+        )
     partial = options.partial_inference
     if result.partial_inference is not None:
         partial = result.partial_inference
-    return build_plan(problem, result.placement, solver=SolverInfo(solver, seconds, result.status),
-                      bound=bound, partial=partial, max_hops=options.max_hops,
-                      edge_flows=edge_flows)
+    return build_plan(
+        problem,
+        result.placement,
+        solver=SolverInfo(solver, seconds, result.status),
+        bound=bound,
+        partial=partial,
+        max_hops=options.max_hops,
+        edge_flows=edge_flows,
+    )

@@ -32,8 +32,10 @@ def _petals_start(accumulated: Sequence[float], num_blocks: int) -> int:
     """The window whose sorted per-layer throughputs are lexicographically smallest, i.e. the
     one covering the weakest layers (Petals `block_selection._choose_best_start`); ties: lowest
     start."""
-    options = ((sorted(accumulated[start:start + num_blocks]), start)
-               for start in range(len(accumulated) - num_blocks + 1))
+    options = (
+        (sorted(accumulated[start : start + num_blocks]), start)
+        for start in range(len(accumulated) - num_blocks + 1)
+    )
     return min(options)[1]
 
 
@@ -61,11 +63,11 @@ def solve_petals(problem: Problem, options: SolveOptions) -> SolveResult:
     placement = petals_placement(problem, options.seed)
     if options.max_hops is not None:
         from ..hops import hop_limited_flow
+
         edge_flows = hop_limited_flow(problem, placement, options.max_hops, partial=True)
     else:
         edge_flows = max_flow(problem, placement, partial=True).edge_flows
-    return SolveResult(placement, "heuristic", edge_flows=edge_flows,
-                       partial_inference=True)
+    return SolveResult(placement, "heuristic", edge_flows=edge_flows, partial_inference=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,8 +93,10 @@ def swarm_stage_size(problem: Problem) -> int:
         if holders >= num_layers // d and (best is None or (holders, d) > best):
             best = (holders, d)
     if best is None:
-        raise ValueError(f"swarm: no stage size divides the {num_layers} layers so that every "
-                         f"stage gets a node ({len(problem.nodes)} nodes)")
+        raise ValueError(
+            f"swarm: no stage size divides the {num_layers} layers so that every "
+            f"stage gets a node ({len(problem.nodes)} nodes)"
+        )
     return best[1]
 
 
@@ -152,7 +156,7 @@ def separate_groups(problem: Problem) -> dict[str, dict[str, tuple[int, int]]]:
         sizes = _even_split(num_layers, per_pipeline)
         group: dict[str, tuple[int, int]] = {}
         for p in range(len(nodes) // per_pipeline):
-            chunk = nodes[p * per_pipeline:(p + 1) * per_pipeline]
+            chunk = nodes[p * per_pipeline : (p + 1) * per_pipeline]
             group.update(_chain([node.name for node in chunk], sizes))
         if group:
             groups[gpu] = group
@@ -178,8 +182,10 @@ def solve_separate(problem: Problem, options: SolveOptions) -> SolveResult:
         placement.update(group)
         if options.max_hops is not None:
             from ..hops import hop_limited_flow
-            edge_flows.update(hop_limited_flow(problem, group, options.max_hops,
-                                               options.partial_inference))
+
+            edge_flows.update(
+                hop_limited_flow(problem, group, options.max_hops, options.partial_inference)
+            )
         else:
             edge_flows.update(max_flow(problem, group, options.partial_inference).edge_flows)
     return SolveResult(placement, "heuristic", edge_flows=edge_flows)
@@ -221,5 +227,11 @@ def solve_homogeneous(problem: Problem, options: SolveOptions) -> SolveResult:
     return SolveResult(homogeneous_placement(problem), "heuristic")
 
 
-__all__ = ["homogeneous_placement", "petals_placement", "separate_groups", "separate_placement",
-           "swarm_placement", "swarm_stage_size"]
+__all__ = [
+    "homogeneous_placement",
+    "petals_placement",
+    "separate_groups",
+    "separate_placement",
+    "swarm_placement",
+    "swarm_stage_size",
+]

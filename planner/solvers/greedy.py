@@ -1,9 +1,10 @@
 """Fast combinatorial placement: pipelines packed at a common rate, then local search on the flow.
 
-For a target rate F every node can hold k_i(F) = max{k : cap_i(k) >= F} layers while carrying F. Packing
-nodes into pipelines whose layers sum to L (bin covering, largest first, region by region) gives
-P(F) pipelines at rate F. We take the F with the best P(F)*F, remove those nodes, and repeat at lower
-rates with what is left. Local search then moves single boundaries while the exact max flow improves.
+For a target rate F every node can hold k_i(F) = max{k : cap_i(k) >= F} layers while carrying F.
+Packing nodes into pipelines whose layers sum to L (bin covering, largest first, region by region)
+gives P(F) pipelines at rate F. We take the F with the best P(F)*F, remove those nodes, and repeat
+at lower rates with what is left. Local search then moves single boundaries while the exact max flow
+improves.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ def _layers_at_rate(node: NodeCapacity, rate: float, num_layers: int) -> int:
     return best
 
 
-def _cover(sizes: list[tuple[int, str]], num_layers: int, max_hops: int | None
-           ) -> list[list[tuple[int, str]]]:
+def _cover(
+    sizes: list[tuple[int, str]], num_layers: int, max_hops: int | None
+) -> list[list[tuple[int, str]]]:
     """Bin covering: groups of (k, name) whose k sum to >= L, as many as possible, few hops each."""
     items = sorted(sizes, key=lambda item: (-item[0], item[1]))
     pipelines: list[list[tuple[int, str]]] = []
@@ -54,8 +56,9 @@ def _rates(problem: Problem, nodes: list[NodeCapacity]) -> list[float]:
     return sorted(rates, reverse=True)
 
 
-def _pack(problem: Problem, nodes: list[NodeCapacity], rate: float, max_hops: int | None
-          ) -> list[list[tuple[int, str]]]:
+def _pack(
+    problem: Problem, nodes: list[NodeCapacity], rate: float, max_hops: int | None
+) -> list[list[tuple[int, str]]]:
     """Pipelines at `rate`, formed inside each region first, then across regions."""
     num_layers = problem.num_layers
     by_region: dict[str, list[tuple[int, str]]] = {}
@@ -92,7 +95,9 @@ def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[st
     while free:
         best: tuple[float, list[list[tuple[int, str]]]] = (0.0, [])
         for rate in _rates(problem, free):
-            pipelines = [_by_region(problem, group) for group in _pack(problem, free, rate, max_hops)]
+            pipelines = [
+                _by_region(problem, group) for group in _pack(problem, free, rate, max_hops)
+            ]
             score = sum(_pipeline_rate(problem, group, rate) for group in pipelines)
             if score > best[0] * (1 + 1e-12):
                 best = (score, pipelines)
@@ -111,14 +116,17 @@ def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[st
 
 def _by_region(problem: Problem, group: list[tuple[int, str]]) -> list[tuple[int, str]]:
     """Order a pipeline so that it crosses each region boundary once, starting near the source."""
+
     def key(item: tuple[int, str]) -> tuple[bool, str, int, str]:
         node = problem.node(item[1])
         return (item[1] not in problem.source_links, node.region, -item[0], item[1])
+
     return sorted(group, key=key)
 
 
-def _neighbours(problem: Problem, placement: dict[str, tuple[int, int]]
-                ) -> list[dict[str, tuple[int, int]]]:
+def _neighbours(
+    problem: Problem, placement: dict[str, tuple[int, int]]
+) -> list[dict[str, tuple[int, int]]]:
     """Placements one boundary move away: grow/shrink/shift one node's range by a layer or two."""
     out = []
     num_layers = problem.num_layers
@@ -132,8 +140,9 @@ def _neighbours(problem: Problem, placement: dict[str, tuple[int, int]]
     return out
 
 
-def local_search(problem: Problem, placement: Placement, options: SolveOptions,
-                 deadline: float) -> dict[str, tuple[int, int]]:
+def local_search(
+    problem: Problem, placement: Placement, options: SolveOptions, deadline: float
+) -> dict[str, tuple[int, int]]:
     """First-improvement hill climbing on the exact max flow, until no move helps or time is up."""
     current = dict(placement)
     value = max_flow(problem, current, options.partial_inference).value_tokens_per_s

@@ -1,22 +1,23 @@
 """MILP placement on a layer-boundary flow network, aggregated over interchangeable nodes.
 
-The Helix paper's MILP has one start/hold/switch per node and big-M edges (M up to 5e8), so its LP bound
-is ~60x the incumbent. We model the flow over *layer boundaries* instead:
+The Helix paper's MILP has one start/hold/switch per node and big-M edges (M up to 5e8), so its LP
+bound is ~60x the incumbent. We model the flow over *layer boundaries* instead:
 
-    boundary 0 ==arc(s=0,k=8)==> 8 ==arc(8,3)==> 11 ... ==> L        (one arc per node used)
+    boundary 0 ==arc(s=0,k=8)==> 8 ==arc(8,3)==> 11 ... ==> L     (one arc per node used)
 
-- Nodes with the same GPU, region, NIC and coordinator links form a class c with N_c members; y[c,s,k] is
-  an integer count of class-c nodes holding [s, s+k) (symmetry broken by aggregation).
-- f[c,s,k] <= min(T_c(k), B) * y[c,s,k]: no big-M. B is the layer bound (no node carries more than the
-  whole flow), which makes the LP relaxation tight.
-- At each boundary and region a hub balances arcs ending there against arcs starting there; flows between
-  regions x[r->r',b] are limited by the inter-region link rate times the number of node pairs.
+- Nodes with the same GPU, region, NIC and coordinator links form a class c with N_c members;
+  y[c,s,k] is an integer count of class-c nodes holding [s, s+k): aggregation breaks symmetry.
+- f[c,s,k] <= min(T_c(k), B) * y[c,s,k]: no big-M. B is the layer bound (no node carries more
+  than the whole flow), which makes the LP relaxation tight.
+- At each boundary and region a hub balances arcs ending there against arcs starting there;
+  flows between regions x[r->r',b] are limited by the inter-region link rate.
 - With a hop limit every arc and hub gets a hop index (the h-th node of the route).
 
-Links within a region and between regions are checked first: a link faster than the nodes at both of its
-ends never binds. When some do bind, the model above is a relaxation (its bound is valid); the realized
-placement is then evaluated exactly, and a conservative model (x <= rate * min(#ending, #starting))
-plus local search produce the incumbent. The reported gap says how far from proven we stopped.
+A link faster than the nodes at both of its ends never binds. When no link binds the model is exact
+and its dual bound is a proof. When inter-region links bind, we use a conservative model
+(x <= rate * min(#nodes ending, #nodes starting), always realizable) for the incumbent, report the
+layer bound, and the gap says how far from proven we stopped. Every placement is re-evaluated with
+the exact node-level max flow.
 """
 
 from __future__ import annotations
@@ -53,17 +54,27 @@ def node_classes(problem: Problem) -> list[NodeClass]:
     for node in sorted(problem.nodes, key=lambda n: n.name):
         src = problem.source_links.get(node.name)
         snk = problem.sink_links.get(node.name)
-        key = (node.region, node.gpu, node.tokens_per_s, node.nic_tokens_per_s,
-               src.tokens_per_s if src else None, snk.tokens_per_s if snk else None)
+        key = (
+            node.region,
+            node.gpu,
+            node.tokens_per_s,
+            node.nic_tokens_per_s,
+            src.tokens_per_s if src else None,
+            snk.tokens_per_s if snk else None,
+        )
         groups.setdefault(key, []).append(node)
-    return [NodeClass(key, nodes[0].region, tuple(n.name for n in nodes), nodes[0],
-                      key[4], key[5])  # type: ignore[arg-type]
-            for key, nodes in sorted(groups.items(), key=lambda kv: kv[1][0].name)]
+    return [
+        NodeClass(key, nodes[0].region, tuple(n.name for n in nodes), nodes[0], key[4], key[5])  # type: ignore[arg-type]
+        for key, nodes in sorted(groups.items(), key=lambda kv: kv[1][0].name)
+    ]
 
 
-def region_links(problem: Problem, bound: float) -> tuple[dict[tuple[str, str], tuple[float, float]], bool]:
+def region_links(
+    problem: Problem, bound: float
+) -> tuple[dict[tuple[str, str], tuple[float, float]], bool]:
     """Per region pair: (relaxed, conservative) per-node-pair rate; inf when links never bind.
     Also whether the hub model is exact (intra-region links never bind and exist everywhere)."""
+
     def top(node: NodeCapacity) -> float:
         return min(bound, node.nic_tokens_per_s, max(node.tokens_per_s))
 
@@ -105,11 +116,18 @@ def _parse_log(line: str) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
-def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tuple[str, str],
-                     tuple[float, float]], bound: float, max_hops: int | None, conservative: bool,
-                     seconds: float, floor: float,
-                     on_log: Callable[[float, float], None] | None,
-                     hint: Placement | None = None) -> _Solved | None:
+def _build_and_solve(
+    problem: Problem,
+    classes: list[NodeClass],
+    links: dict[tuple[str, str], tuple[float, float]],
+    bound: float,
+    max_hops: int | None,
+    conservative: bool,
+    seconds: float,
+    floor: float,
+    on_log: Callable[[float, float], None] | None,
+    hint: Placement | None = None,
+) -> _Solved | None:
     from ortools.math_opt.python import mathopt
 
     num_layers = problem.num_layers
@@ -144,8 +162,12 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
                     if cls.sink_tokens_per_s is None:
                         continue
                     cap = min(cap, cls.sink_tokens_per_s)
-                hops = [h for h in hop_set if max_hops is None or (
-                    (h == 1) == (s == 0) and h - 1 <= s and (e == num_layers or h < max_hops))]
+                hops = [
+                    h
+                    for h in hop_set
+                    if max_hops is None
+                    or ((h == 1) == (s == 0) and h - 1 <= s and (e == num_layers or h < max_hops))
+                ]
                 if not hops:
                     continue
                 y = model.add_integer_variable(lb=0, ub=members, name=f"y[{ci},{s},{k}]")
@@ -197,7 +219,8 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
                 received = [x for (_, rb, hh), x in transfers.items() if rb == r and hh == h]
                 if inflow or outflow or sent or received:
                     model.add_linear_constraint(
-                        sum(inflow) + sum(received) - sum(outflow) - sum(sent) == 0)
+                        sum(inflow) + sum(received) - sum(outflow) - sum(sent) == 0
+                    )
     total_flow = sum(source_flow)
     model.add_linear_constraint(total_flow - sum(sink_flow) == 0)
     model.add_linear_constraint(total_flow <= bound)
@@ -212,8 +235,11 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
             if parsed and on_log is not None:
                 on_log(*parsed)
 
-    params = mathopt.SolveParameters(time_limit=datetime.timedelta(seconds=max(seconds, 0.5)),
-                                     enable_output=False, relative_gap_tolerance=1e-6)
+    params = mathopt.SolveParameters(
+        time_limit=datetime.timedelta(seconds=max(seconds, 0.5)),
+        enable_output=False,
+        relative_gap_tolerance=1e-6,
+    )
     model_params = None
     if hint:
         member_class = {name: ci for ci, cls in enumerate(classes) for name in cls.members}
@@ -224,9 +250,15 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
         if all(key in count for key in counts):
             values = {var: float(counts.get(key, 0)) for key, var in count.items()}
             model_params = mathopt.ModelSolveParameters(
-                solution_hints=[mathopt.SolutionHint(variable_values=values)])
-    result = mathopt.solve(model, mathopt.SolverType.HIGHS, params=params, msg_cb=on_messages,
-                           model_params=model_params)
+                solution_hints=[mathopt.SolutionHint(variable_values=values)]
+            )
+    result = mathopt.solve(
+        model,
+        mathopt.SolverType.HIGHS,
+        params=params,
+        msg_cb=on_messages,
+        model_params=model_params,
+    )
     if not result.has_primal_feasible_solution():
         return None
     values = result.variable_values()
@@ -236,8 +268,12 @@ def _build_and_solve(problem: Problem, classes: list[NodeClass], links: dict[tup
         for _ in range(int(round(values[var]))):
             placement[free[ci].pop(0)] = (s, s + k)
     dual = result.termination.objective_bounds.dual_bound
-    return _Solved(placement, result.objective_value(), min(dual, bound) if math.isfinite(dual)
-                   else bound, result.termination.reason == mathopt.TerminationReason.OPTIMAL)
+    return _Solved(
+        placement,
+        result.objective_value(),
+        min(dual, bound) if math.isfinite(dual) else bound,
+        result.termination.reason == mathopt.TerminationReason.OPTIMAL,
+    )
 
 
 def _evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> float:
@@ -247,12 +283,15 @@ def _evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> 
     return max_flow(problem, placement, options.partial_inference).value_tokens_per_s
 
 
-def warm_starts(problem: Problem, options: SolveOptions) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+def warm_starts(
+    problem: Problem, options: SolveOptions
+) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """Every fast heuristic's placement: the greedy pipelines and the paper's baselines."""
     from . import baselines
 
     candidates: list[tuple[str, dict[str, tuple[int, int]]]] = [
-        ("greedy", pipeline_placement(problem, options.max_hops))]
+        ("greedy", pipeline_placement(problem, options.max_hops))
+    ]
     makers: list[tuple[str, Callable[[], dict[str, tuple[int, int]]]]] = [
         ("homogeneous", lambda: baselines.homogeneous_placement(problem)),
         ("separate", lambda: baselines.separate_placement(problem)),
@@ -283,8 +322,14 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
 
     def on_log(dual: float, found: float) -> None:
         if report is not None:
-            report(Progress(time.perf_counter() - started, max(incumbent[0], found),
-                            min(dual, bound), "milp"))
+            report(
+                Progress(
+                    time.perf_counter() - started,
+                    max(incumbent[0], found),
+                    min(dual, bound),
+                    "milp",
+                )
+            )
 
     if report is not None:
         report(Progress(time.perf_counter() - started, best_value, bound, f"warm start: {source}"))
@@ -296,9 +341,18 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
     proven = bound
     optimal = False
     budget = deadline - time.perf_counter()
-    solved = _build_and_solve(problem, classes, links, bound, options.max_hops, True,
-                              budget * (1.0 if exact else 0.7), best_value if exact else 0.0,
-                              on_log, hint=best)
+    solved = _build_and_solve(
+        problem,
+        classes,
+        links,
+        bound,
+        options.max_hops,
+        True,
+        budget * (1.0 if exact else 0.7),
+        best_value if exact else 0.0,
+        on_log,
+        hint=best,
+    )
     if solved is not None:
         value = _evaluate(problem, solved.placement, options)
         if value > best_value:
@@ -313,7 +367,8 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
     optimal = optimal or best_value >= proven * (1 - 1e-6)
     if report is not None:
         report(Progress(time.perf_counter() - started, best_value, proven, "done"))
-    status = "optimal" if optimal else ("time_limit" if time.perf_counter() >= deadline
-                                        else "feasible")
+    status = (
+        "optimal" if optimal else ("time_limit" if time.perf_counter() >= deadline else "feasible")
+    )
     # With partial inference the strict-boundary MILP bound does not hold; the layer bound does.
     return SolveResult(best, status, None if options.partial_inference else proven)

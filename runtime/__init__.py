@@ -1,0 +1,1 @@
+"""helix.runtime: the sharded serving runtime (engine, KV cache, ZeroMQ pipeline)."""

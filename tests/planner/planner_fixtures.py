@@ -1,0 +1,41 @@
+"""Shared builders for planner tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from helix.config import cluster_from_dict
+from helix.planner.problem import Problem, build_problem
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER_CLUSTER = REPO / "clusters" / "helix-single24.yaml"
+
+
+def tiny(
+    profiles: dict[str, list[float]],
+    nodes: list[tuple[str, str]],
+    *,
+    model: str = "smollm2-135m",
+    network: dict[str, Any] | None = None,
+    regions: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A hand-checkable cluster: custom GPU kinds with given T(k) profiles."""
+    regions = regions or {}
+    return {
+        "model": model,
+        "gpus": {kind: {"memory_gb": 16, "bf16_tflops": 50, "hbm_gbps": 300} for kind in profiles},
+        "nodes": [
+            {"name": name, "gpu": kind, "region": regions.get(name, "default")}
+            for name, kind in nodes
+        ],
+        "network": network or {"default": {"gbps": 1000, "latency_ms": 1}},
+        "profiles": {
+            kind: {"max_layers": len(values), "tokens_per_s": values}
+            for kind, values in profiles.items()
+        },
+    }
+
+
+def problem_of(data: dict[str, Any]) -> Problem:
+    return build_problem(cluster_from_dict(data))
