@@ -48,8 +48,9 @@ class NodeClass:
     sink_tokens_per_s: float | None
 
 
-def node_classes(problem: Problem) -> list[NodeClass]:
-    """Group interchangeable nodes (same capacities, NIC, region and coordinator links)."""
+def node_classes(problem: Problem, bound: float = INF) -> list[NodeClass]:
+    """Group interchangeable nodes: same GPU, region, and NIC and coordinator links alike once
+    capped at `bound` (no node carries more than the whole flow, so faster links are equal)."""
     groups: dict[tuple[object, ...], list[NodeCapacity]] = {}
     for node in sorted(problem.nodes, key=lambda n: n.name):
         src = problem.source_links.get(node.name)
@@ -58,9 +59,9 @@ def node_classes(problem: Problem) -> list[NodeClass]:
             node.region,
             node.gpu,
             node.tokens_per_s,
-            node.nic_tokens_per_s,
-            src.tokens_per_s if src else None,
-            snk.tokens_per_s if snk else None,
+            min(node.nic_tokens_per_s, bound),
+            min(src.tokens_per_s, bound) if src else None,
+            min(snk.tokens_per_s, bound) if snk else None,
         )
         groups.setdefault(key, []).append(node)
     return [
@@ -333,7 +334,7 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
 
     if report is not None:
         report(Progress(time.perf_counter() - started, best_value, bound, f"warm start: {source}"))
-    classes = node_classes(problem)
+    classes = node_classes(problem, bound)
     links, intra_exact = region_links(problem, bound)
     # The conservative model is exact when no inter-region link binds; then its bound is valid.
     binding = any(strict < INF for (ra, rb), (_, strict) in links.items() if ra != rb)

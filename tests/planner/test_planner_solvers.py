@@ -126,3 +126,19 @@ def test_slow_links_between_regions_are_respected() -> None:
     assert plan.throughput_tokens_per_s >= 2 * 4 * 400 / 30 * 0.98
     for name in ("swarm", "homogeneous", "petals"):
         assert plan.throughput_tokens_per_s >= solve(problem, name).throughput_tokens_per_s - 1e-6
+
+
+def test_pareto_frontier_trades_flow_for_hops() -> None:
+    from helix.planning import pareto
+
+    nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
+    data = tiny({"A": [900.0 / k for k in range(1, 31)], "B": [500.0 / k for k in range(1, 16)],
+                 "C": [300.0 / k for k in range(1, 11)]}, nodes)
+    from helix.config import cluster_from_dict
+
+    frontier = pareto(cluster_from_dict(data), time_limit_s=8)
+    assert frontier[0].stats.hops_max == 1  # the big node alone holds all 30 layers
+    hops = [p.stats.hops_max for p in frontier]
+    flows = [p.throughput_tokens_per_s for p in frontier]
+    assert hops == sorted(hops) and flows == sorted(flows)
+    assert len(frontier) >= 2

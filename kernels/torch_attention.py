@@ -1,0 +1,196 @@
+"""Paged attention in plain torch: the CPU fast path, plus a pure-loop ground truth.
+
+Three layers, as in every kernel module:
+- ``reference_*``: tiny Python loops in float64, obviously correct, used only by tests;
+- ``torch_*``: the vectorised path (gather the blocks, then ``scaled_dot_product_attention``
+  with fp32 accumulation);
+- ``TorchAttention``: the validating ``AttentionBackend``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import AttentionBackend
+from .validate import check_decode, check_prefill, check_values, check_write_kv
+
+# ---------------------------------------------------------------------------------------------
+# Ground truth: loops, float64, no SDPA.
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_write_kv(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
+    slot_mapping: torch.Tensor,  # [T] int64
+) -> None:
+    block_size = k_cache.shape[1]
+    for t, slot in enumerate(slot_mapping.tolist()):
+        if slot < 0:
+            continue
+        k_cache[slot // block_size, slot % block_size] = key[t]
+        v_cache[slot // block_size, slot % block_size] = value[t]
+
+
+def reference_prefill(
+    q: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    block_tables: torch.Tensor,  # [B, M]
+    query_start_loc: torch.Tensor,  # [B + 1]
+    seq_lens: torch.Tensor,  # [B]
+    scale: float,
+) -> torch.Tensor:  # [T, H, D]
+    block_size, num_kv_heads = k_cache.shape[1], k_cache.shape[2]
+    group = q.shape[1] // num_kv_heads
+    out = torch.zeros_like(q)
+    starts = query_start_loc.tolist()
+    for b, seq_len in enumerate(seq_lens.tolist()):
+        table = block_tables[b].tolist()
+        slots = [(table[j // block_size], j % block_size) for j in range(seq_len)]
+        if not slots:
+            continue
+        keys = torch.stack([k_cache[blk, off] for blk, off in slots]).double()  # [L, Hkv, D]
+        values = torch.stack([v_cache[blk, off] for blk, off in slots]).double()  # [L, Hkv, D]
+        q_len = starts[b + 1] - starts[b]
+        for i in range(q_len):
+            pos = seq_len - q_len + i  # context position of this query
+            for h in range(q.shape[1]):
+                k = keys[: pos + 1, h // group]  # [pos + 1, D]
+                v = values[: pos + 1, h // group]  # [pos + 1, D]
+                probs = torch.softmax(k @ q[starts[b] + i, h].double() * scale, dim=0)
+                out[starts[b] + i, h] = (probs @ v).to(q.dtype)
+    return out
+
+
+def reference_decode(
+    q: torch.Tensor,  # [B, H, D]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, M]
+    seq_lens: torch.Tensor,  # [B]
+    scale: float,
+) -> torch.Tensor:  # [B, H, D]
+    one_query_each = torch.arange(q.shape[0] + 1, dtype=torch.int32)
+    return reference_prefill(q, k_cache, v_cache, block_tables, one_query_each, seq_lens, scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised torch.
+# ---------------------------------------------------------------------------------------------
+
+
+def torch_write_kv(
+    key: torch.Tensor,  # [T, Hkv, D]
+    value: torch.Tensor,  # [T, Hkv, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
+    slot_mapping: torch.Tensor,  # [T] int64
+) -> None:
+    block_size = k_cache.shape[1]
+    keep = slot_mapping >= 0  # [T]
+    slots = slot_mapping[keep]  # [T'] (T' <= T)
+    blocks, offsets = slots // block_size, slots % block_size
+    # NOTE(kernels): index by (block, offset) rather than a flat view so any cache strides work.
+    k_cache[blocks, offsets] = key[keep]
+    v_cache[blocks, offsets] = value[keep]
+
+
+def _gather_context(
+    cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    table: torch.Tensor,  # [M]
+    seq_len: int,
+) -> torch.Tensor:  # [Hkv, seq_len, D], float32
+    block_size = cache.shape[1]
+    num_used = -(-seq_len // block_size)
+    blocks = cache[table[:num_used].long()]  # [num_used, block_size, Hkv, D]
+    tokens = blocks.flatten(0, 1)[:seq_len]  # [seq_len, Hkv, D]
+    return tokens.transpose(0, 1).float()
+
+
+def torch_prefill(
+    q: torch.Tensor,  # [T, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    block_tables: torch.Tensor,  # [B, M]
+    query_start_loc: list[int],  # [B + 1], on the host
+    seq_lens: list[int],  # [B], on the host
+    scale: float,
+) -> torch.Tensor:  # [T, H, D]
+    out = torch.zeros_like(q)
+    # NOTE(kernels): one SDPA per sequence; padding a batch to its longest prompt would waste
+    # quadratic work when one long prompt shares a step with many short chunks.
+    for b, seq_len in enumerate(seq_lens):
+        start, end = query_start_loc[b], query_start_loc[b + 1]
+        q_len = end - start
+        if q_len == 0:
+            continue
+        k = _gather_context(k_cache, block_tables[b], seq_len)[None]  # [1, Hkv, L, D]
+        v = _gather_context(v_cache, block_tables[b], seq_len)[None]  # [1, Hkv, L, D]
+        qb = q[start:end].transpose(0, 1).float()[None]  # [1, H, q_len, D]
+        mask = None
+        if q_len != seq_len:
+            # Bottom-right causal: query i sits at position seq_len - q_len + i.
+            key_pos = torch.arange(seq_len, device=q.device)  # [L]
+            query_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)  # [q_len]
+            mask = key_pos[None, :] <= query_pos[:, None]  # [q_len, L]
+        ob = F.scaled_dot_product_attention(
+            qb, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+        )  # [1, H, q_len, D]
+        out[start:end] = ob[0].transpose(0, 1).to(q.dtype)
+    return out
+
+
+def torch_decode(
+    q: torch.Tensor,  # [B, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    block_tables: torch.Tensor,  # [B, M]
+    seq_lens: torch.Tensor,  # [B]
+    scale: float,
+    max_seq_len: int,
+) -> torch.Tensor:  # [B, H, D]
+    num_blocks, block_size = k_cache.shape[:2]
+    num_used = -(-max_seq_len // block_size)
+    # Entries past a sequence's last block may be garbage: clamp them, the mask hides them.
+    table = block_tables[:, :num_used].long().clamp(0, num_blocks - 1)  # [B, n]
+    k = k_cache[table].flatten(1, 2).transpose(1, 2).float()  # [B, Hkv, n * block_size, D]
+    v = v_cache[table].flatten(1, 2).transpose(1, 2).float()  # [B, Hkv, n * block_size, D]
+    key_pos = torch.arange(k.shape[2], device=q.device)  # [S]
+    mask = key_pos[None, :] < seq_lens[:, None]  # [B, S]
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :].float(),
+        k,
+        v,
+        attn_mask=mask[:, None, None, :],
+        scale=scale,
+        enable_gqa=True,
+    )  # [B, H, 1, D]
+    return out[:, :, 0].to(q.dtype)
+
+
+class TorchAttention(AttentionBackend):
+    """Vectorised torch; runs on any device torch supports."""
+
+    name = "torch"
+
+    def write_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
+        check_write_kv(key, value, k_cache, v_cache, slot_mapping)
+        torch_write_kv(key, value, k_cache, v_cache, slot_mapping)
+
+    def prefill(self, q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale):
+        dims = check_prefill(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
+        starts, lens = query_start_loc.tolist(), seq_lens.tolist()
+        check_values(q.shape[0], block_tables, starts, lens, dims)
+        return torch_prefill(q, k_cache, v_cache, block_tables, starts, lens, scale)
+
+    def decode(self, q, k_cache, v_cache, block_tables, seq_lens, scale):
+        dims = check_decode(q, k_cache, v_cache, block_tables, seq_lens)
+        lens = seq_lens.tolist()
+        check_values(q.shape[0], block_tables, list(range(q.shape[0] + 1)), lens, dims)
+        if not lens:
+            return torch.empty_like(q)
+        return torch_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, max(lens))
