@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ClusterSpec", "ModelSpec", "Plan", "plan", "load_cluster"]
+__all__ = [
+    "LLM", "ClusterSpec", "ModelSpec", "Plan", "SamplingParams", "load_cluster", "plan",
+]
 __version__ = "0.1.0"
 
 
@@ -24,6 +26,14 @@ def __getattr__(name: str) -> Any:
         from helix.planning import plan
 
         return plan
+    if name == "LLM":
+        from helix.llm import LLM
+
+        return LLM
+    if name == "SamplingParams":
+        from helix.runtime.sampling_params import SamplingParams
+
+        return SamplingParams
     if name == "load_cluster":
         from helix.config import load_cluster
 

@@ -186,6 +186,69 @@ class _progress:
             self.status.__exit__(*exc)  # type: ignore[attr-defined]
 
 
+def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "generate",
+        help="generate text with one engine node (offline)",
+        description="Complete PROMPT (or every line of --prompts-file) with MODEL "
+        "(default: the built-in smollm2-135m).",
+    )
+    p.add_argument(
+        "model", nargs="?", default=None, help="built-in name, HF checkpoint folder or GGUF file"
+    )
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="a file with one prompt per line")
+    p.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from helix.llm import LLM
+    from helix.runtime.sampling_params import SamplingParams
+
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        try:
+            lines = Path(args.prompts_file).read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(
+                f"--prompts-file: cannot read {args.prompts_file}: {exc.strerror}"
+            ) from None
+        prompts += [line for line in lines if line.strip()]
+    if not prompts:
+        raise ValueError("give --prompt TEXT or --prompts-file FILE")
+    params = SamplingParams(
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+    )
+    llm = LLM(
+        args.model,
+        dtype=args.dtype,
+        attention_backend=args.attention_backend,
+        max_model_len=args.max_model_len,
+    )
+    many = len(prompts) > 1
+    if args.chat:
+        outputs = [llm.chat([{"role": "user", "content": p}], params)[0] for p in prompts]
+    else:
+        outputs = llm.generate(prompts, params, use_tqdm=many)
+    for prompt, output in zip(prompts, outputs):
+        text = output.outputs[0].text
+        print(f"> {prompt}\n{text}\n" if many else text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helix",
@@ -195,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="helix-serve 0.1.0")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_plan(sub)
+    _add_generate(sub)
     return parser
 
 

@@ -121,7 +121,8 @@ def decompose(edge_flows: Mapping[tuple[str, str], float]) -> list[tuple[list[st
             ]
             if not nexts or len(path) > len(out_edges) + 2:
                 break
-            path.append(max(nexts, key=lambda v, u=path[-1]: (remaining[(u, v)], v)))
+            tail = path[-1]
+            path.append(max(nexts, key=lambda v: (remaining[(tail, v)], v)))
         if path[-1] != SINK:
             return paths
         amount = min(remaining[(path[i], path[i + 1])] for i in range(len(path) - 1))

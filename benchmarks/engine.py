@@ -1,0 +1,184 @@
+"""Engine benchmark: helix against HF transformers `generate` on the same random-weight Llama.
+
+    python benchmarks/engine.py [--batches 1 8 32 64] [--new-tokens 128] [--dtypes float32 bfloat16]
+
+Prints decode throughput and the ratio to HF for each batch and dtype, the fraction of the memory
+bandwidth limit at batch 1, time to first token on a shared-prefix workload with and without prefix
+caching, and KV waste (allocated but unused slots) under a mixed workload.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from helix import LLM, SamplingParams  # noqa: E402
+
+
+def build_model(folder: Path, size: str) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    shapes = {
+        "100m": dict(
+            hidden_size=768,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            num_key_value_heads=4,
+            vocab_size=32000,
+        ),
+        "20m": dict(
+            hidden_size=256,
+            intermediate_size=688,
+            num_hidden_layers=4,
+            num_attention_heads=8,
+            num_key_value_heads=4,
+            vocab_size=32000,
+        ),
+    }
+    config = LlamaConfig(**shapes[size], max_position_embeddings=2048, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    write_tokenizer(folder, config.vocab_size)
+    return folder
+
+
+def write_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer.json so the checkpoint folder is self-contained."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+
+
+def memory_bandwidth_gbps() -> float:
+    a = torch.randn(8192, 8192)
+    x = torch.randn(8192)
+    for _ in range(3):
+        torch.mv(a, x)
+    start = time.perf_counter()
+    for _ in range(20):
+        torch.mv(a, x)
+    return 20 * a.numel() * 4 / (time.perf_counter() - start) / 1e9
+
+
+def prompts_of(batch: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 32000) for _ in range(length)] for _ in range(batch)]
+
+
+def helix_decode(llm: LLM, batch: int, new_tokens: int) -> float:
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    prompts = [{"prompt_token_ids": p} for p in prompts_of(batch, 16)]
+    llm.generate(prompts[:1], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    elapsed = time.perf_counter() - start
+    return sum(len(o.outputs[0].token_ids) for o in outputs) / elapsed
+
+
+def hf_decode(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
+    ids = torch.tensor(prompts_of(batch, 16))
+    with torch.inference_mode():
+        model.generate(ids[:1], max_new_tokens=4, do_sample=False, min_new_tokens=4)
+        start = time.perf_counter()
+        model.generate(
+            ids,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return batch * new_tokens / (time.perf_counter() - start)
+
+
+def shared_prefix_ttft(folder: Path, caching: bool) -> float:
+    llm = LLM(str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5)
+    prefix = prompts_of(1, 512, seed=1)[0]
+    params = SamplingParams(temperature=0, max_tokens=1)
+    llm.generate([{"prompt_token_ids": prefix + [7]}], params)  # warm the cache
+    times = []
+    for i in range(8):
+        start = time.perf_counter()
+        llm.generate([{"prompt_token_ids": prefix + [100 + i, 200 + i]}], params)
+        times.append(time.perf_counter() - start)
+    return sum(times) / len(times)
+
+
+def kv_waste(folder: Path) -> float:
+    """Allocated-but-unused KV slots, sampled each step over a mixed-length workload."""
+    llm = LLM(str(folder), kv_cache_memory_gb=0.5, enable_prefix_caching=False)
+    engine = llm.engine
+    rng = random.Random(3)
+    for _ in range(48):
+        prompt = [rng.randrange(1, 32000) for _ in range(rng.randint(8, 400))]
+        engine.add_request(
+            {"prompt_token_ids": prompt},
+            SamplingParams(temperature=0, max_tokens=rng.randint(4, 120), ignore_eos=True),
+        )
+    allocated = used = 0
+    block = engine.scheduler.config.block_size
+    while engine.has_unfinished_requests():
+        engine.step()
+        for seq in engine.scheduler.running:
+            allocated += len(seq.block_table) * block
+            used += seq.num_computed_tokens
+        engine.pop_finished()
+    return 1 - used / allocated if allocated else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, nargs="*", default=[1, 8, 32, 64])
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    parser.add_argument("--size", default="100m", choices=["100m", "20m"])
+    args = parser.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    folder = build_model(Path(tempfile.mkdtemp(prefix="helix-bench-")), args.size)
+    bandwidth = memory_bandwidth_gbps()
+    print(
+        f"model: random Llama {args.size} at {folder}; measured bandwidth {bandwidth:.1f} GB/s; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"{'dtype':9s} {'batch':>5s} {'helix tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s}")
+    for dtype in args.dtypes:
+        llm = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0)
+        hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+        weight_bytes = sum(
+            p.numel() * p.element_size()
+            for p in hf.parameters()
+            if p is not hf.get_input_embeddings().weight
+        )
+        for batch in args.batches:
+            ours = helix_decode(llm, batch, args.new_tokens)
+            theirs = hf_decode(hf, batch, args.new_tokens)
+            line = f"{dtype:9s} {batch:5d} {ours:12.1f} {theirs:10.1f} {ours / theirs:5.2f}x"
+            if batch == 1:
+                limit = bandwidth * 1e9 / weight_bytes
+                line += f"   bandwidth limit {limit:.1f} tok/s -> {ours / limit:.0%} of it"
+            print(line, flush=True)
+        del llm, hf
+    with_cache = shared_prefix_ttft(folder, True)
+    without = shared_prefix_ttft(folder, False)
+    print(
+        f"shared 512-token prefix, TTFT: {with_cache * 1e3:.1f} ms with prefix caching, "
+        f"{without * 1e3:.1f} ms without ({without / with_cache:.1f}x)"
+    )
+    print(f"KV waste under a mixed workload: {kv_waste(folder):.2%} of allocated slots unused")
+
+
+if __name__ == "__main__":
+    main()

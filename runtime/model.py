@@ -1,0 +1,317 @@
+"""A Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) cut to one pipeline stage.
+
+``LlamaStage(config, start, end)`` holds decoder layers ``[start, end)``, plus the embedding when
+``start == 0`` and the final norm and LM head when ``end == num_layers``:
+
+    layer index   0 ........ start-1 | start ........ end-1 | end ........ num_layers-1
+                  (earlier stages)   | this stage          | (later stages)
+
+Parameter names match Hugging Face's (``model.layers.{i}.self_attn.q_proj.weight``, with ``i``
+the GLOBAL layer index), so loading a checkpoint is a name lookup. Attention goes through a
+paged ``helix.kernels`` backend; the KV cache lives outside the module, one ``(k, v)`` pair per
+local layer, each ``[num_blocks, block_size, num_kv_heads, head_dim]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helix.kernels import AttentionBackend, get_attention
+
+from .attention_metadata import AttentionMetadata
+from .model_config import ModelConfig
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # ([num_blocks, block_size, Hkv, D],) * 2
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm computed in fp32, scaled in the input dtype (as HF Llama does)."""
+
+    def __init__(self, size: int, eps: float, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size, dtype=dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, hidden]
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        out: torch.Tensor = self.weight * x32.to(x.dtype)
+        return out
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:  # [head_dim // 2] fp32
+    """Inverse RoPE frequencies, with ``linear`` or ``llama3`` scaling applied."""
+    dim = config.head_dim
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    inv_freq = 1.0 / (config.rope_theta**exponents)  # [D/2]
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling["rope_type"] == "linear":
+        return inv_freq / float(scaling["factor"])
+    # llama3 (HF ``_compute_llama3_parameters``): keep high frequencies, divide low ones by
+    # ``factor``, and blend linearly in wavelength between the two cut-offs.
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    context = scaling["original_max_position_embeddings"]
+    low_freq_wavelen, high_freq_wavelen = context / low, context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, blended, scaled)
+
+
+def apply_rope(
+    x: torch.Tensor,  # [T, heads, D]
+    cos: torch.Tensor,  # [T, D/2], x's dtype
+    sin: torch.Tensor,  # [T, D/2], x's dtype
+) -> torch.Tensor:  # [T, heads, D]
+    """Rotate-half RoPE: dims i and i + D/2 form one rotated pair (HF Llama convention)."""
+    x1, x2 = x.chunk(2, dim=-1)  # [T, heads, D/2] each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, D/2]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    layer.requires_grad_(False)
+    return layer
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden, d = config.hidden_size, config.head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_heads, config.num_kv_heads, d
+        self.scale = d**-0.5
+        self.backend = backend
+        qkv_bias = config.attention_bias
+        self.q_proj = _linear(hidden, self.num_heads * d, qkv_bias, dtype)
+        self.k_proj = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
+        self.v_proj = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
+        self.o_proj = _linear(self.num_heads * d, hidden, config.o_proj_bias, dtype)
+
+    def forward(
+        self,
+        x: torch.Tensor,  # [T, hidden]
+        cos: torch.Tensor,  # [T, D/2]
+        sin: torch.Tensor,  # [T, D/2]
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        num_tokens = x.shape[0]
+        q = self.q_proj(x).view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
+        k = self.k_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        v = self.v_proj(x).view(num_tokens, self.num_kv_heads, self.head_dim)  # [T, Hkv, D]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache, v_cache = kv_cache
+        tables, lens, starts = meta.block_tables, meta.seq_lens, meta.query_start_loc
+        self.backend.write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+        if meta.is_decode:  # [B == T, H, D]
+            out = self.backend.decode(q, k_cache, v_cache, tables, lens, self.scale)
+        else:  # [T, H, D]
+            out = self.backend.prefill(q, k_cache, v_cache, tables, starts, lens, self.scale)
+        hidden: torch.Tensor = self.o_proj(out.reshape(num_tokens, -1))  # [T, H * D] -> [T, hidden]
+        return hidden
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
+        super().__init__()
+        hidden, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = _linear(hidden, inter, bias, dtype)
+        self.up_proj = _linear(hidden, inter, bias, dtype)
+        self.down_proj = _linear(inter, hidden, bias, dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, hidden]
+        out: torch.Tensor = self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return out
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, backend: AttentionBackend, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.self_attn = LlamaAttention(config, backend, dtype)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+        self.mlp = LlamaMLP(config, dtype)
+
+    def forward(
+        self,
+        h: torch.Tensor,  # [T, hidden], residual stream
+        cos: torch.Tensor,  # [T, D/2]
+        sin: torch.Tensor,  # [T, D/2]
+        kv_cache: KVCache,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, kv_cache, meta)
+        out: torch.Tensor = h + self.mlp(self.post_attention_layernorm(h))
+        return out
+
+
+class _LlamaBody(nn.Module):
+    """HF's ``model.`` prefix: optional embedding, the local layers, optional final norm."""
+
+    def __init__(
+        self, config: ModelConfig, layers: range, backend: AttentionBackend, dtype: torch.dtype
+    ) -> None:
+        super().__init__()
+        self.embed_tokens: nn.Embedding | None = None
+        self.norm: RMSNorm | None = None
+        if layers.start == 0:
+            # ``_weight`` skips the random init (which on meta imports torch._refs: ~3 s).
+            weight = torch.empty(config.vocab_size, config.hidden_size, dtype=dtype)
+            self.embed_tokens = nn.Embedding(
+                config.vocab_size, config.hidden_size, _weight=weight, _freeze=True
+            )
+        # NOTE(engine): keys are global layer indices, so names match the checkpoint.
+        self.layers = nn.ModuleDict(
+            {str(i): LlamaDecoderLayer(config, backend, dtype) for i in layers}
+        )
+        if layers.stop == config.num_layers:
+            self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, dtype)
+
+
+class LlamaStage(nn.Module):
+    """Decoder layers ``[start, end)`` of a Llama-family model; see the module docstring."""
+
+    rope_cos: torch.Tensor  # [max_positions, D/2] fp32 buffer
+    rope_sin: torch.Tensor  # [max_positions, D/2] fp32 buffer
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        start: int,
+        end: int,
+        attention_backend: str = "torch",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if not 0 <= start < end <= config.num_layers:
+            raise ValueError(
+                f"layer range: need 0 <= start < end <= {config.num_layers}, got [{start}, {end})"
+            )
+        self.config, self.start, self.end, self.dtype = config, start, end, dtype
+        self.backend = get_attention(attention_backend)
+        self.model = _LlamaBody(config, range(start, end), self.backend, dtype)
+        self.lm_head: nn.Linear | None = None
+        if self.is_last:
+            self.lm_head = _linear(config.hidden_size, config.vocab_size, False, dtype)
+        self.tie_weights()
+        # NOTE(engine): the tables are built on the CPU explicitly so a stage constructed under
+        # ``torch.device("meta")`` (the loader does) still gets real values.
+        freqs = torch.outer(
+            torch.arange(config.max_position_embeddings, device="cpu").float(),
+            rope_inv_freq(config),
+        )  # [max_positions, D/2] fp32
+        self.register_buffer("rope_cos", freqs.cos(), persistent=False)
+        self.register_buffer("rope_sin", freqs.sin(), persistent=False)
+
+    @property
+    def is_first(self) -> bool:
+        return self.start == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.config.num_layers
+
+    @property
+    def num_local_layers(self) -> int:
+        return self.end - self.start
+
+    def tie_weights(self) -> None:
+        """Share the LM head with the embedding when the model ties them and both live here."""
+        embed = self.model.embed_tokens
+        if self.config.tie_word_embeddings and self.lm_head is not None and embed is not None:
+            self.lm_head.weight = embed.weight
+
+    def checkpoint_names(self) -> dict[str, str]:
+        """``{parameter name: checkpoint tensor name}`` for every tensor this stage needs.
+
+        A tied LM head reads the embedding tensor (``model.embed_tokens.weight``), also when
+        this last stage does not hold the embedding itself.
+        """
+        names = {name: name for name, _ in self.named_parameters()}  # shared params once
+        if self.config.tie_word_embeddings and "lm_head.weight" in names:
+            names["lm_head.weight"] = "model.embed_tokens.weight"
+        return names
+
+    def load_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Replace every parameter by ``tensors[name]`` (names from ``checkpoint_names``)."""
+        expected = dict(self.named_parameters())
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise ValueError(f"load_weights: missing {len(missing)} tensors, e.g. {missing[:4]}")
+        state: dict[str, torch.Tensor] = {}
+        for name, param in expected.items():
+            tensor = tensors[name]
+            if tuple(tensor.shape) != tuple(param.shape):
+                raise ValueError(
+                    f"{name}: shape {tuple(tensor.shape)} != expected {tuple(param.shape)}"
+                )
+            state[name] = tensor.to(self.dtype)
+        if self.config.tie_word_embeddings and self.is_first and self.is_last:
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        self.load_state_dict(state, strict=True, assign=True)
+        self.requires_grad_(False)
+        self.tie_weights()
+
+    def allocate_kv_cache(
+        self,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> list[KVCache]:
+        """Zeroed ``(k, v)`` caches, ``[num_blocks, block_size, Hkv, D]`` each, per local layer."""
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError(f"kv cache: need positive sizes, got {num_blocks=} {block_size=}")
+        shape = (num_blocks, block_size, self.config.num_kv_heads, self.config.head_dim)
+        dtype, device = dtype or self.dtype, device or self.rope_cos.device
+
+        def zeros() -> torch.Tensor:  # [num_blocks, block_size, Hkv, D]
+            return torch.zeros(shape, dtype=dtype, device=device)
+
+        return [(zeros(), zeros()) for _ in range(self.num_local_layers)]
+
+    def forward(
+        self,
+        input_ids_or_hidden: torch.Tensor,  # [T] int64 on the first stage, else [T, hidden]
+        positions: torch.Tensor,  # [T] int64
+        kv_caches: list[KVCache],  # one per local layer
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden], residual stream after layer end - 1 (before final norm)
+        if len(kv_caches) != self.num_local_layers:
+            raise ValueError(
+                f"kv_caches: {len(kv_caches)} given, stage has {self.num_local_layers} layers"
+            )
+        x = input_ids_or_hidden
+        if self.model.embed_tokens is not None:
+            if x.dim() != 1:
+                raise ValueError(f"input_ids: first stage expects [T] ids, got {tuple(x.shape)}")
+            h: torch.Tensor = self.model.embed_tokens(x)  # [T, hidden]
+        else:
+            if x.dim() != 2 or x.shape[1] != self.config.hidden_size:
+                raise ValueError(
+                    f"hidden: expected [T, {self.config.hidden_size}], got {tuple(x.shape)}"
+                )
+            h = x.to(self.dtype)  # [T, hidden]
+        cos = self.rope_cos[positions].to(h.dtype)  # [T, D/2]
+        sin = self.rope_sin[positions].to(h.dtype)  # [T, D/2]
+        for layer, kv_cache in zip(self.model.layers.values(), kv_caches):
+            h = layer(h, cos, sin, kv_cache, meta)
+        return h
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[N, hidden]`` residual rows -> ``[N, vocab]`` fp32 logits (last stage only)."""
+        if self.lm_head is None or self.model.norm is None:
+            raise ValueError(f"compute_logits: stage [{self.start}, {self.end}) is not the last")
+        logits: torch.Tensor = self.lm_head(self.model.norm(hidden))  # [N, vocab]
+        return logits.float()
