@@ -56,7 +56,8 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None) -> ClusterSpec:
     model = resolve_model(model_value, base_dir)
     gpus = _gpus(data.get("gpus") or {})
     nodes = _nodes(data.get("nodes"), gpus)
-    coordinator, coordinator_region = _coordinator(data.get("coordinator"), nodes)
+    coordinator, coordinator_region, coordinator_address = _coordinator(
+        data.get("coordinator"), nodes)
     names = {node.name for node in nodes} | {coordinator}
     regions = {node.region for node in nodes} | {coordinator_region}
     network = _network(data.get("network") or {}, names, regions)
@@ -69,6 +70,8 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None) -> ClusterSpec:
         profiles=profiles,
         coordinator=coordinator,
         coordinator_region=coordinator_region,
+        coordinator_address=coordinator_address,
+        model_source=_model_source(model_value, base_dir),
     )
 
 
@@ -173,15 +176,29 @@ def _nodes(section: Any, gpus: dict[str, GpuSpec]) -> list[NodeSpec]:
     return nodes
 
 
-def _coordinator(value: Any, nodes: list[NodeSpec]) -> tuple[str, str]:
+def _coordinator(value: Any, nodes: list[NodeSpec]) -> tuple[str, str, str | None]:
     default_region = nodes[0].region
     if value is None:
-        return "coordinator", default_region
+        return "coordinator", default_region, None
     if isinstance(value, str):
-        return value, default_region
+        return value, default_region, None
     entry = _mapping(value, "coordinator")
-    _check_keys(entry, {"name", "region"}, "coordinator")
-    return str(entry.get("name", "coordinator")), str(entry.get("region", default_region))
+    _check_keys(entry, {"name", "region", "address"}, "coordinator")
+    address = entry.get("address")
+    return (str(entry.get("name", "coordinator")), str(entry.get("region", default_region)),
+            None if address is None else str(address))
+
+
+def _model_source(value: str, base_dir: Path | None) -> str:
+    """Built-in names stay names; paths become absolute so a node started elsewhere finds them."""
+    from helix.planner.catalog import MODEL_CATALOG
+
+    if value.lower() in MODEL_CATALOG:
+        return value.lower()
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    return str(path.resolve())
 
 
 def _link(entry: Any, path: str) -> LinkSpec:
@@ -278,7 +295,7 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
         network["region_links"] = [{"between": [a, b], **link(s)} for a, b, s in net.region_links]
     if net.links:
         network["links"] = [{"between": [a, b], **link(s)} for a, b, s in net.links]
-    used = {node.gpu for node in cluster.nodes}
+    used = {node.gpu for node in cluster.nodes} | set(cluster.profiles)
     nodes = []
     for node in cluster.nodes:
         entry: dict[str, Any] = {"name": node.name, "gpu": node.gpu, "region": node.region}
@@ -288,7 +305,7 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
             entry["address"] = node.address
         nodes.append(entry)
     return {
-        "model": cluster.model.name,
+        "model": cluster.model_source or cluster.model.name,
         "gpus": {
             name: {"memory_gb": g.memory_gb, "bf16_tflops": g.bf16_tflops, "hbm_gbps": g.hbm_gbps}
             for name, g in sorted(cluster.gpus.items())
@@ -296,7 +313,9 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
         },
         "nodes": nodes,
         "network": network,
-        "coordinator": {"name": cluster.coordinator, "region": cluster.coordinator_region},
+        "coordinator": {"name": cluster.coordinator, "region": cluster.coordinator_region,
+                        **({"address": cluster.coordinator_address}
+                           if cluster.coordinator_address else {})},
         "profiles": {
             name: {"max_layers": p.max_layers, "tokens_per_s": list(p.tokens_per_s)}
             for name, p in sorted(cluster.profiles.items())

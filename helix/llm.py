@@ -24,6 +24,13 @@ class LLM:
 
         self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
 
+    @classmethod
+    def from_engine(cls, engine: Any) -> LLM:
+        """Wrap an existing engine (e.g. a ClusterEngine coordinating a sharded cluster)."""
+        llm = cls.__new__(cls)
+        llm.engine = engine
+        return llm
+
     def get_tokenizer(self) -> Any:
         return self.engine.tokenizer
 

@@ -187,6 +187,10 @@ class ClusterSpec:
     coordinator_region: str = "default"
     token_bytes: int = 4
     """Bytes per token id on coordinator links (int32)."""
+    coordinator_address: str | None = None
+    """ZeroMQ endpoint the coordinator binds (runtime only)."""
+    model_source: str | None = None
+    """What the cluster file said for `model` (a built-in name or a path), for the runtime."""
 
     def __post_init__(self) -> None:
         if not self.nodes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -24,6 +25,29 @@ _FINISH = {
     SequenceStatus.FINISHED_ABORTED: "abort",
     SequenceStatus.FINISHED_ERROR: "error",
 }
+
+
+def apply_token(out: CompletionOutput, detokenizer: Any, token: int, params: SamplingParams,
+                eos_token_ids: tuple[int, ...], max_tokens: int, at_max_model_len: bool
+                ) -> SequenceStatus | None:
+    """Append a sampled token to a completion; the FINISHED_* status if it ends it, else None."""
+    out.token_ids.append(token)
+    out.text += detokenizer.push(token)
+    if token in eos_token_ids and not params.ignore_eos:
+        out.text += detokenizer.flush()
+        return SequenceStatus.FINISHED_STOPPED
+    if token in params.stop_token_ids:
+        out.stop_reason = token
+        return SequenceStatus.FINISHED_STOPPED
+    for stop in params.stop:
+        at = out.text.find(stop)
+        if at >= 0:
+            out.text, out.stop_reason = out.text[:at], stop
+            return SequenceStatus.FINISHED_STOPPED
+    if len(out.token_ids) >= max_tokens or at_max_model_len:
+        out.text += detokenizer.flush()
+        return SequenceStatus.FINISHED_LENGTH
+    return None
 
 
 @dataclass
@@ -202,24 +226,11 @@ class LLMEngine:
         state.output.cumulative_logprob = (state.output.cumulative_logprob or 0.0) + logprob
 
     def _on_token(self, request: _Request, state: _Sample, token: int) -> None:
-        params, out, seq = request.params, state.output, state.seq
-        out.token_ids.append(token)
-        out.text += state.detokenizer.push(token)  # type: ignore[attr-defined]
-        if token in self.model_config.eos_token_ids and not params.ignore_eos:
-            out.text += state.detokenizer.flush()  # type: ignore[attr-defined]
-            return self._finish(state, SequenceStatus.FINISHED_STOPPED)
-        if token in params.stop_token_ids:
-            out.stop_reason = token
-            return self._finish(state, SequenceStatus.FINISHED_STOPPED)
-        for stop in params.stop:
-            at = out.text.find(stop)
-            if at >= 0:
-                out.text, out.stop_reason = out.text[:at], stop
-                return self._finish(state, SequenceStatus.FINISHED_STOPPED)
-        if len(out.token_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
-            out.text += state.detokenizer.flush()  # type: ignore[attr-defined]
-            self._finish(state, SequenceStatus.FINISHED_LENGTH)
-        return None
+        status = apply_token(state.output, state.detokenizer, token, request.params,
+                             self.model_config.eos_token_ids, state.seq.max_tokens,
+                             state.seq.num_tokens >= self.max_model_len)
+        if status is not None:
+            self._finish(state, status)
 
     def _finish(self, state: _Sample, status: SequenceStatus) -> None:
         self.scheduler.finish(state.seq.request_id, status)

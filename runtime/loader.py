@@ -228,3 +228,11 @@ def _unpermute(
     rest = w.shape[1:]
     grouped = w.reshape(num_heads, head_dim // 2, 2, *rest)  # [H, D/2, 2, ...]
     return grouped.swapaxes(1, 2).reshape(w.shape)  # [H, 2, D/2, ...] -> original shape
+
+
+def read_model_config(path_or_name: str | Path) -> ModelConfig:
+    """The model's shape without loading any weights (for coordinators and planners)."""
+    path = resolve_model_path(path_or_name)
+    if path.is_dir():
+        return _read_hf_config(path)
+    return _gguf_config_and_reader(path)[0]

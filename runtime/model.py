@@ -287,13 +287,19 @@ class LlamaStage(nn.Module):
         positions: torch.Tensor,  # [T] int64
         kv_caches: list[KVCache],  # one per local layer
         meta: AttentionMetadata,
+        first_layer: int | None = None,
     ) -> torch.Tensor:  # [T, hidden], residual stream after layer end - 1 (before final norm)
+        """`first_layer` > start runs only the tail of the range (partial inference): the input is
+        then the hidden state after layer first_layer - 1, computed by another node."""
         if len(kv_caches) != self.num_local_layers:
             raise ValueError(
                 f"kv_caches: {len(kv_caches)} given, stage has {self.num_local_layers} layers"
             )
+        first = self.start if first_layer is None else first_layer
+        if not self.start <= first < self.end:
+            raise ValueError(f"first_layer: {first} outside the stage's [{self.start}, {self.end})")
         x = input_ids_or_hidden
-        if self.model.embed_tokens is not None:
+        if self.model.embed_tokens is not None and first == self.start:
             if x.dim() != 1:
                 raise ValueError(f"input_ids: first stage expects [T] ids, got {tuple(x.shape)}")
             h: torch.Tensor = self.model.embed_tokens(x)  # [T, hidden]
@@ -305,7 +311,8 @@ class LlamaStage(nn.Module):
             h = x.to(self.dtype)  # [T, hidden]
         cos = self.rope_cos[positions].to(h.dtype)  # [T, D/2]
         sin = self.rope_sin[positions].to(h.dtype)  # [T, D/2]
-        for layer, kv_cache in zip(self.model.layers.values(), kv_caches):
+        layers = list(self.model.layers.values())[first - self.start :]
+        for layer, kv_cache in zip(layers, kv_caches[first - self.start :]):
             h = layer(h, cos, sin, kv_cache, meta)
         return h
 

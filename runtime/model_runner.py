@@ -26,63 +26,62 @@ class StepInputs:
     positions: torch.Tensor  # [T] int64
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [S] int64, packed index of each sampled sequence's last token
-    sampled: list[Sequence]  # the S sequences that get a token this step
+    sampled_rows: list[int]  # which items (in input order) produce logits
+
+
+@dataclass
+class SeqSlice:
+    """One sequence's part of a step: its tokens [begin, end) and its block table."""
+
+    token_ids: list[int]  # the tokens at positions [begin, end)
+    begin: int
+    end: int
+    block_table: list[int]
+    sample: bool
+
+
+def batch_inputs(items: list[SeqSlice], block_size: int, device: torch.device) -> StepInputs:
+    """Pack sequences back to back into the model's inputs and the attention metadata."""
+    ids: list[int] = []
+    positions: list[int] = []
+    slots: list[int] = []
+    seq_lens: list[int] = []
+    starts = [0]
+    logits_indices: list[int] = []
+    sampled_rows: list[int] = []
+    width = max(len(item.block_table) for item in items)
+    tables = torch.zeros((len(items), width), dtype=torch.int32)
+    for row, item in enumerate(items):
+        ids += item.token_ids
+        positions += range(item.begin, item.end)
+        table = item.block_table
+        slots += [table[p // block_size] * block_size + p % block_size
+                  for p in range(item.begin, item.end)]
+        seq_lens.append(item.end)
+        starts.append(starts[-1] + item.end - item.begin)
+        tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        if item.sample:
+            logits_indices.append(starts[-1] - 1)
+            sampled_rows.append(row)
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
+        block_tables=tables.to(device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        is_decode=all(item.end - item.begin == 1 for item in items),
+    )
+    return StepInputs(torch.tensor(ids, dtype=torch.int64, device=device),
+                      torch.tensor(positions, dtype=torch.int64, device=device), meta,
+                      torch.tensor(logits_indices, dtype=torch.int64, device=device), sampled_rows)
 
 
 class ModelRunner:
-    def __init__(
-        self,
-        stage: torch.nn.Module,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        block_size: int,
-        device: torch.device,
-    ) -> None:
+    def __init__(self, stage: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 block_size: int, device: torch.device) -> None:
         self.stage = stage
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
-
-    def prepare(self, out: SchedulerOutput) -> StepInputs:
-        ids: list[int] = []
-        positions: list[int] = []
-        slots: list[int] = []
-        seq_lens: list[int] = []
-        starts = [0]
-        logits_indices: list[int] = []
-        sampled: list[Sequence] = []
-        width = max(len(seq.block_table) for seq, _ in out.scheduled)
-        tables = torch.zeros((len(out.scheduled), width), dtype=torch.int32)
-        for row, (seq, num_new) in enumerate(out.scheduled):
-            begin, end = seq.num_computed_tokens, seq.num_computed_tokens + num_new
-            tokens = seq.all_token_ids
-            ids += tokens[begin:end]
-            positions += range(begin, end)
-            table = seq.block_table
-            slots += [
-                table[p // self.block_size] * self.block_size + p % self.block_size
-                for p in range(begin, end)
-            ]
-            seq_lens.append(end)
-            starts.append(starts[-1] + num_new)
-            tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
-            if end == seq.num_tokens:
-                logits_indices.append(starts[-1] - 1)
-                sampled.append(seq)
-        dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=dev),
-            block_tables=tables.to(dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=dev),
-            is_decode=all(n == 1 for _, n in out.scheduled),
-        )
-        return StepInputs(
-            torch.tensor(ids, dtype=torch.int64, device=dev),
-            torch.tensor(positions, dtype=torch.int64, device=dev),
-            meta,
-            torch.tensor(logits_indices, dtype=torch.int64, device=dev),
-            sampled,
-        )
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Duplicate KV blocks (src -> dst) in every layer, for forked sequences."""
@@ -100,8 +99,13 @@ class ModelRunner:
         self.copy_blocks(out.block_copies)
         if not out.scheduled:
             return None, []
-        step = self.prepare(out)
+        items = [SeqSlice(seq.all_token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n],
+                          seq.num_computed_tokens, seq.num_computed_tokens + n, seq.block_table,
+                          seq.num_computed_tokens + n == seq.num_tokens)
+                 for seq, n in out.scheduled]
+        step = batch_inputs(items, self.block_size, self.device)
         hidden = self.stage(step.input_ids, step.positions, self.kv_caches, step.meta)
-        if not step.sampled:
+        if not step.sampled_rows:
             return None, []
-        return self.stage.compute_logits(hidden[step.logits_indices]), step.sampled
+        sampled = [out.scheduled[row][0] for row in step.sampled_rows]
+        return self.stage.compute_logits(hidden[step.logits_indices]), sampled

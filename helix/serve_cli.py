@@ -1,0 +1,98 @@
+"""`helix serve`: vLLM-named flags -> EngineConfig -> AsyncEngine -> OpenAI server on uvicorn.
+
+Flags left out keep EngineConfig's defaults, so the dataclass stays the one source of them.
+fastapi, uvicorn and torch are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+_DEFAULT_MODEL = "smollm2-135m"
+# flag dest -> EngineConfig field (both use vLLM's names)
+_ENGINE_FLAGS = (
+    "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
+    "enable_prefix_caching", "scheduling_policy", "dtype", "attention_backend",
+    "kv_cache_memory_gb", "device", "seed",
+)  # fmt: skip
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    """Add `serve` to the `helix` subcommands; returns its parser."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible HTTP API",
+        description="Run one engine node behind /v1/completions, /v1/chat/completions, "
+        "/v1/models, /health, /metrics and /version.",
+    )
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help=f"built-in name, HF folder or .gguf file (default {_DEFAULT_MODEL})",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
+    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1")
+    p.add_argument("--served-model-name", default=None, help="the `model` clients send")
+    p.add_argument("--max-model-len", type=int, default=None, metavar="N", help="context limit")
+    p.add_argument("--block-size", type=int, default=None, help="tokens per KV block (16)")
+    p.add_argument("--max-num-seqs", type=int, default=None, metavar="N", help="running cap")
+    p.add_argument(
+        "--max-num-batched-tokens", type=int, default=None, metavar="N", help="step budget"
+    )
+    p.add_argument(
+        "--enable-prefix-caching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reuse KV blocks of shared prompt prefixes (on by default)",
+    )
+    p.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
+    p.add_argument("--attention-backend", choices=("torch", "triton", "pallas"), default=None)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=None, metavar="GB")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of the shared sampling stream")
+    p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger bodies get 413")
+    p.add_argument("--uvicorn-log-level", default="info", help="uvicorn's log level")
+    p.add_argument("--cluster", default=None, help="cluster YAML for sharded serving (later)")
+    p.add_argument("--plan", default=None, help="plan YAML for sharded serving (later)")
+    p.set_defaults(func=cmd)
+    return p
+
+
+def engine_config(args: argparse.Namespace) -> Any:
+    """The EngineConfig the flags describe (raises ValueError naming a bad field)."""
+    from helix.runtime.engine_config import EngineConfig
+
+    if args.cluster is not None or args.plan is not None:
+        raise ValueError(
+            "--cluster/--plan: sharded serving over a cluster is not implemented yet; "
+            "drop them to serve the model on this machine"
+        )
+    given = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
+    return EngineConfig(model=args.model, **given)
+
+
+def build_server(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(AsyncEngine, FastAPI app) for the flags; the caller owns the engine's shutdown."""
+    from helix.runtime.async_engine import AsyncEngine
+    from helix.runtime.server import build_app
+
+    config = engine_config(args)
+    engine = AsyncEngine.from_config(config)
+    name = args.served_model_name or args.model or _DEFAULT_MODEL
+    return engine, build_app(engine, name, args.api_key, args.max_request_bytes)
+
+
+def cmd(args: argparse.Namespace) -> int:
+    """Serve until interrupted; returns the exit status."""
+    import uvicorn
+
+    engine, app = build_server(args)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.uvicorn_log_level)
+    finally:
+        engine.shutdown()
+    return 0

@@ -1,0 +1,187 @@
+"""The coordinator: creates requests, admits them onto routes (KV-aware), samples and finishes.
+
+Admission order is FIFO: when the request at the head fits no route, later ones wait too. A
+request that fits no route even on an idle cluster is dropped (counted in `num_dropped`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING
+
+from .sim_graph import SOURCE
+from .sim_routing import RoutingPolicy
+from .sim_state import ARRIVAL, Node, Packet, Request, Route
+
+if TYPE_CHECKING:
+    from .sim_engine import Simulator
+
+_MAX_DROPS_IN_A_ROW = 1000
+
+
+class Coordinator:
+    def __init__(self, sim: Simulator, policy: RoutingPolicy):
+        config = sim.config
+        self.sim, self.policy = sim, policy
+        self.lengths = config.lengths.sampler(config.seed)
+        process = config.arrival_process
+        self.clock = None if process is None else process.start(config.seed)
+        self.seats = config.seats_per_node
+        self.limit = config.num_requests
+        self.waiting: deque[Request] = deque()
+        self.resident: set[Request] = set()
+        self.routes: dict[tuple[int, ...], Route] = {}
+        self.outbox: dict[int, list[Packet]] = {}
+        """Packets for each route's first node, sent as one message by `flush`."""
+        self.num_created = 0
+        self.num_admitted = 0
+        self.num_completed = 0
+        self.num_dropped = 0
+        self._drops_in_a_row = 0
+
+    def start(self) -> None:
+        if self.clock is None:
+            self.admit(0.0)
+            self.flush(0.0)
+        else:
+            self.sim.push(self.clock.next_after(0.0), ARRIVAL, None)
+
+    def _new_request(self, now: float) -> Request | None:
+        if self.limit is not None and self.num_created >= self.limit:
+            return None
+        self.num_created += 1
+        prompt, output = self.lengths.draw()
+        return Request(now, prompt, output)
+
+    def arrival(self, now: float) -> None:
+        request = self._new_request(now)
+        if request is None:
+            return
+        self.waiting.append(request)
+        self.admit(now)
+        self.flush(now)
+        assert self.clock is not None
+        if self.limit is None or self.num_created < self.limit:
+            self.sim.push(self.clock.next_after(now), ARRIVAL, None)
+
+    # -- admission ------------------------------------------------------------------------------
+
+    def admit(self, now: float) -> None:
+        """Admit waiting requests (offline: new ones too) while each fits some route."""
+        nodes, graph, seats = self.sim.nodes, self.sim.graph, self.seats
+        while True:
+            if not self.waiting:
+                fresh = self._new_request(now) if self.clock is None else None
+                if fresh is None:
+                    return
+                self.waiting.append(fresh)
+            request = self.waiting[0]
+            need = request.kv_tokens
+
+            def feasible(prev: int, v: int, need: int = need) -> bool:
+                node = nodes[v]
+                return node.seats < seats and (
+                    node.kv_used + need * graph.layers_run(prev, v) <= node.kv_capacity
+                )
+
+            path = self.policy.route(need, feasible)
+            if path is None:
+                if self.resident:
+                    return
+                self.waiting.popleft()
+                self.num_dropped += 1
+                self._drops_in_a_row += 1
+                if self._drops_in_a_row >= _MAX_DROPS_IN_A_ROW:
+                    raise ValueError(
+                        f"lengths: {self._drops_in_a_row} requests in a row fit no route's KV "
+                        f"cache (last: {request.prompt} + {request.output} tokens); use shorter "
+                        "requests or a plan with more memory per node"
+                    )
+                continue
+            self._drops_in_a_row = 0
+            self.waiting.popleft()
+            self._reserve(request, path, now)
+
+    def _route(self, path: list[int]) -> Route:
+        key = tuple(path)
+        route = self.routes.get(key)
+        if route is None:
+            graph = self.sim.graph
+            prevs = (SOURCE, *key[:-1])
+            layers = tuple(graph.layers_run(p, v) for p, v in zip(prevs, key))
+            route = self.routes[key] = Route(key, layers)
+        return route
+
+    def _reserve(self, request: Request, path: list[int], now: float) -> None:
+        route = request.route = self._route(path)
+        for v, layers in zip(route.nodes, route.layers):
+            self._kv_change(self.sim.nodes[v], request.kv_tokens * layers, now)
+            self.sim.nodes[v].seats += 1
+        self.resident.add(request)
+        self.num_admitted += 1
+        prompt = request.prompt
+        packet = Packet([request], route, True, prompt, 0, prompt * prompt, now)
+        self.outbox.setdefault(route.nodes[0], []).append(packet)
+
+    def flush(self, now: float) -> None:
+        """Send each first node one message: this instant's decode steps, then new prompts
+        (like a scheduler step's output, so they can share the node's next iteration)."""
+        outbox, self.outbox = self.outbox, {}
+        token_bytes = self.sim.token_bytes
+        for node, packets in outbox.items():
+            tokens = sum(p.tokens for p in packets)
+            num_reqs = sum(len(p.reqs) for p in packets)
+            self.sim.send(SOURCE, node, packets, token_bytes * tokens, num_reqs, now)
+
+    def _release(self, request: Request, now: float) -> None:
+        route = request.route
+        assert route is not None
+        for v, layers in zip(route.nodes, route.layers):
+            self._kv_change(self.sim.nodes[v], -request.kv_tokens * layers, now)
+            self.sim.nodes[v].seats -= 1
+        self.resident.discard(request)
+        self.num_completed += 1
+
+    def _kv_change(self, node: Node, delta: int, now: float) -> None:
+        node.kv_area += node.kv_used * self.sim.rec.overlap(node.kv_last, now)
+        node.kv_last = now
+        node.kv_used += delta
+        if node.kv_used > node.kv_peak:
+            node.kv_peak = node.kv_used
+
+    # -- tokens back from the last node ---------------------------------------------------------
+
+    def receive(self, packets: list[Packet], now: float) -> None:
+        """Sample: record first tokens and decode steps, finish requests, send the next step."""
+        rec = self.sim.rec
+        next_step: dict[Route, list[Request]] = {}
+        finished = False
+        for packet in packets:
+            if packet.is_prompt:
+                for request in packet.reqs:
+                    rec.first_token(now, now - request.arrival_s, request.prompt)
+                survivors = packet.reqs
+            else:
+                rec.decode_step(now, now - packet.step_start, len(packet.reqs))
+                survivors = []
+                for request in packet.reqs:
+                    request.done += 1
+                    if request.done >= request.output:
+                        self._release(request, now)
+                        finished = True
+                    else:
+                        survivors.append(request)
+            if survivors:
+                group = next_step.get(packet.route)
+                if group is None:
+                    next_step[packet.route] = survivors
+                else:
+                    group.extend(survivors)
+        outbox = self.outbox
+        for route, reqs in next_step.items():
+            ctx = sum(r.prompt + r.done for r in reqs)
+            packet = Packet(reqs, route, False, len(reqs), ctx, 0, now)
+            outbox.setdefault(route.nodes[0], []).append(packet)
+        if finished:
+            self.admit(now)
+        self.flush(now)

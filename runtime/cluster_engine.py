@@ -1,0 +1,370 @@
+"""The coordinator of a sharded cluster: tokenize, route along the max flow, admit by KV room,
+dispatch micro-batches, collect sampled tokens, notice dead nodes and move their requests.
+
+It has the LLMEngine interface (add_request / step / abort_request / pop_finished), so `LLM` and the
+HTTP server drive a cluster the same way they drive one node.
+
+A request's life:  waiting -> routed (KV reserved on each node of its route) -> passes in flight
+-> finished (Release sent along its route). When a node dies, requests routed through it go back to
+waiting with `num_computed = 0`: their next pass replays prompt + generated tokens on a new route,
+rebuilding the KV there (as Petals does).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from .engine import apply_token
+from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
+from .outputs import CompletionOutput, RequestOutput
+from .routing import FlowRouter
+from .sampling_params import SamplingParams
+from .sequence import SequenceStatus
+
+log = logging.getLogger("helix.coordinator")
+_REASON = {SequenceStatus.FINISHED_STOPPED: "stop", SequenceStatus.FINISHED_LENGTH: "length"}
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    address: str
+    layers: tuple[int, int]
+    num_kv_blocks: int = 0
+    block_size: int = 16
+    reserved_blocks: int = 0
+    alive: bool = False
+    incarnation: int = 0
+    last_seen: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+@dataclass
+class _ClusterRequest:
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    output: CompletionOutput
+    detokenizer: Any
+    max_tokens: int
+    tokens: list[int] = field(default_factory=list)
+    route: list[str] | None = None
+    num_computed: int = 0
+    in_flight: int | None = None
+    params_sent: bool = False
+    reserved: int = 0
+    error: str | None = None
+    num_reroutes: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.output.finish_reason is not None
+
+
+class ClusterEngine:
+    def __init__(
+        self,
+        nodes: list[NodeInfo],
+        flows: list[tuple[str, str, float]],
+        tokenizer: Any,
+        model_config: Any,
+        bind: str,
+        max_model_len: int,
+        *,
+        heartbeat_timeout_s: float = 3.0,
+        max_batch_tokens: int = 2048,
+        reroute: Any = None,
+    ) -> None:
+        from .transport import Endpoint
+
+        self.nodes = {n.name: n for n in nodes}
+        self.router = FlowRouter(flows)
+        self.reroute = reroute
+        """Callable(alive node names) -> flows over the survivors; None keeps the old flows."""
+        self.tokenizer = tokenizer
+        self.model_config = model_config
+        self.max_model_len = max_model_len
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.max_batch_tokens = max_batch_tokens
+        self.endpoint = Endpoint(bind)
+        self.requests: dict[str, _ClusterRequest] = {}
+        self._batch_ids = itertools.count(1)
+        self._ids = itertools.count()
+        self.num_stages = max(1, len({n.layers for n in nodes}))
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def wait_for_nodes(self, timeout_s: float = 120.0, check: Any = None) -> None:
+        """Block until every node has said hello (raises TimeoutError naming the missing ones).
+        `check()` runs while waiting and may raise (e.g. when a local node process exited)."""
+        deadline = time.monotonic() + timeout_s
+        while not all(n.alive for n in self.nodes.values()):
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                missing = sorted(n.name for n in self.nodes.values() if not n.alive)
+                raise TimeoutError(f"nodes did not start within {timeout_s:.0f} s: {missing}")
+            self._receive(0.1)
+
+    def shutdown(self) -> None:
+        for node in self.nodes.values():
+            self.endpoint.send(node.address, Shutdown("coordinator shutting down"))
+        time.sleep(0.1)
+        self.endpoint.close()
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(
+        self, prompt: Any, params: SamplingParams, request_id: str | None = None
+    ) -> str:
+        from .engine import LLMEngine
+
+        if params.n != 1:
+            raise ValueError("n: the cluster runtime serves n=1 only for now")
+        request_id = request_id or f"req-{next(self._ids)}"
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        text, ids = LLMEngine._tokenize(self, prompt)  # type: ignore[arg-type]
+        if not ids:
+            raise ValueError("prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
+        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
+            raise ValueError(f"prompt_token_ids must lie in [0, {self.model_config.vocab_size})")
+        self.requests[request_id] = _ClusterRequest(
+            request_id,
+            text,
+            list(ids),
+            params,
+            CompletionOutput(0),
+            self.tokenizer.detokenizer(ids, params.skip_special_tokens),
+            min(params.max_tokens, self.max_model_len - len(ids)),
+            tokens=list(ids),
+        )
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        request = self.requests.get(request_id)
+        if request is not None and not request.finished:
+            self._finish(request, "abort")
+
+    def has_unfinished_requests(self) -> bool:
+        return any(not r.finished for r in self.requests.values())
+
+    def pop_finished(self) -> list[RequestOutput]:
+        done = [r for r in self.requests.values() if r.finished]
+        for request in done:
+            del self.requests[request.request_id]
+        return [self._snapshot(r) for r in done]
+
+    # ---- the loop -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        changed = self._receive(0.0 if self._ready() else 0.05)
+        self._check_liveness(changed)
+        self._admit(changed)
+        self._dispatch()
+        return [self._snapshot(self.requests[r]) for r in sorted(changed) if r in self.requests]
+
+    def _ready(self) -> bool:
+        return any(r.in_flight is None and not r.finished for r in self.requests.values())
+
+    def _receive(self, timeout_s: float) -> set[str]:
+        changed: set[str] = set()
+        msg = self.endpoint.recv(timeout_s)
+        while msg is not None:
+            if isinstance(msg, Sampled):
+                changed |= self._on_sampled(msg)
+            elif isinstance(msg, (Hello, Heartbeat)):
+                self._on_alive(msg)
+            msg = self.endpoint.recv(0.0)
+        return changed
+
+    def _on_alive(self, msg: Hello | Heartbeat) -> None:
+        node = self.nodes.get(msg.node)
+        if node is None:
+            log.warning("message from unknown node %r", msg.node)
+            return
+        if isinstance(msg, Hello):
+            node.num_kv_blocks, node.block_size = msg.num_kv_blocks, msg.block_size
+        else:
+            node.tokens_per_s = msg.tokens_per_s
+        rejoined = not node.alive or node.incarnation != msg.incarnation
+        node.incarnation, node.last_seen, node.alive = msg.incarnation, time.monotonic(), True
+        if rejoined and self.reroute is not None:
+            self.router = FlowRouter(self.reroute(self._alive_names()))
+
+    def _alive_names(self) -> set[str]:
+        return {n.name for n in self.nodes.values() if n.alive}
+
+    def _on_sampled(self, msg: Sampled) -> set[str]:
+        changed = set()
+        for request_id, error in msg.errors.items():
+            request = self.requests.get(request_id)
+            if request is not None and request.in_flight == msg.batch_id:
+                log.warning(
+                    "%s failed on %s: %s; replaying on a new route", request_id, msg.node, error
+                )
+                self._unroute(request, error)
+                changed.add(request_id)
+        for request_id, num_computed in msg.computed.items():
+            request = self.requests.get(request_id)
+            if request is None or request.in_flight != msg.batch_id or request.finished:
+                continue  # stale: aborted, rerouted or finished meanwhile
+            request.in_flight = None
+            request.num_computed = num_computed
+            if request_id not in msg.tokens:
+                continue  # a chunk in the middle of a prompt
+            token = msg.tokens[request_id]
+            request.tokens.append(token)
+            status = apply_token(
+                request.output,
+                request.detokenizer,
+                token,
+                request.params,
+                self.model_config.eos_token_ids,
+                request.max_tokens,
+                len(request.tokens) >= self.max_model_len,
+            )
+            if status is not None:
+                self._finish(request, _REASON.get(status, "stop"))
+            changed.add(request_id)
+        return changed
+
+    def _check_liveness(self, changed: set[str]) -> None:
+        now = time.monotonic()
+        dead = [
+            n
+            for n in self.nodes.values()
+            if n.alive and now - n.last_seen > self.heartbeat_timeout_s
+        ]
+        if not dead:
+            return
+        for node in dead:
+            log.warning(
+                "node %s missed heartbeats for %.1f s: marked dead", node.name, now - node.last_seen
+            )
+            node.alive = False
+        names = {n.name for n in dead}
+        if self.reroute is not None:
+            self.router = FlowRouter(self.reroute(self._alive_names()))
+        for request in self.requests.values():
+            if request.route and names & set(request.route) and not request.finished:
+                self._unroute(request, f"node {sorted(names & set(request.route))} died")
+                changed.add(request.request_id)
+
+    def _unroute(self, request: _ClusterRequest, reason: str) -> None:
+        request.num_reroutes += 1
+        self._release(request)
+        request.route, request.num_computed, request.in_flight = None, 0, None
+        request.params_sent = False
+        if request.num_reroutes > 5:
+            request.error = f"gave up after {request.num_reroutes} reroutes: {reason}"
+            self._finish(request, "error")
+
+    def _admit(self, changed: set[str]) -> None:
+        for request in self.requests.values():
+            if request.route is not None or request.finished:
+                continue
+            need = -(-(len(request.prompt_token_ids) + request.max_tokens) // 16)
+
+            def fits(name: str, need: int = need) -> bool:
+                node = self.nodes[name]
+                blocks = -(-(need * 16) // node.block_size)
+                return node.alive and node.reserved_blocks + blocks <= node.num_kv_blocks
+
+            route = self.router.route(float(len(request.tokens)), fits)
+            if route is None:
+                if not self._alive_names() or not self._any_route():
+                    request.error = "no route through live nodes holds every layer"
+                    self._finish(request, "error")
+                    changed.add(request.request_id)
+                continue  # no KV room now: wait
+            request.route = route
+            request.reserved = need * 16
+            for name in route:
+                node = self.nodes[name]
+                node.reserved_blocks += -(-request.reserved // node.block_size)
+
+    def _any_route(self) -> bool:
+        return self.router.route(0.0, lambda name: self.nodes[name].alive) is not None
+
+    def _dispatch(self) -> None:
+        ready = [
+            r
+            for r in self.requests.values()
+            if r.route is not None and r.in_flight is None and not r.finished
+        ]
+        by_first: dict[str, list[_ClusterRequest]] = {}
+        for request in ready:
+            by_first.setdefault(request.route[0], []).append(request)  # type: ignore[index]
+        for first, group in by_first.items():
+            # Several micro-batches per first node keep every stage of the pipeline busy.
+            num_batches = min(len(group), self.num_stages)
+            for part in range(num_batches):
+                self._send_batch(first, group[part::num_batches])
+
+    def _send_batch(self, first: str, group: list[_ClusterRequest]) -> None:
+        batch_id = next(self._batch_ids)
+        work, budget = [], self.max_batch_tokens
+        for request in group:
+            remaining = len(request.tokens) - request.num_computed
+            n = min(remaining, max(1, budget)) if work else remaining
+            if work and budget <= 0:
+                break
+            chunk = request.tokens[request.num_computed : request.num_computed + n]
+            work.append(
+                SeqWork(
+                    request.request_id,
+                    request.num_computed,
+                    n,
+                    chunk,
+                    list(request.route or []),
+                    0,
+                    n == remaining,
+                    None if request.params_sent else _params(request.params),
+                )
+            )
+            request.params_sent = True
+            request.in_flight = batch_id
+            budget -= n
+        if work and not self.endpoint.send(self.nodes[first].address, Forward(batch_id, work)):
+            for request in group:
+                if request.in_flight == batch_id:
+                    request.in_flight = None
+
+    def _finish(self, request: _ClusterRequest, reason: str) -> None:
+        request.output.finish_reason = reason
+        self._release(request)
+
+    def _release(self, request: _ClusterRequest) -> None:
+        for name in request.route or []:
+            node = self.nodes[name]
+            node.reserved_blocks -= -(-request.reserved // node.block_size)
+            if node.alive:
+                self.endpoint.send(node.address, Release([request.request_id]))
+        request.reserved = 0
+
+    def _snapshot(self, request: _ClusterRequest) -> RequestOutput:
+        return RequestOutput(
+            request.request_id,
+            request.prompt,
+            request.prompt_token_ids,
+            [request.output],
+            request.finished,
+            request.error,
+        )
+
+
+def _params(params: SamplingParams) -> dict[str, Any]:
+    return {
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "seed": params.seed,
+        "max_tokens": params.max_tokens,
+        "logprobs": params.logprobs,
+    }

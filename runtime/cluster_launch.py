@@ -1,0 +1,190 @@
+"""From a cluster file and a plan to a running cluster: addresses, local node processes, the
+coordinator (ClusterEngine) and re-planning of flows over the nodes still alive."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from helix.planner.plan import Plan
+from helix.planner.spec import ClusterSpec
+
+from .cluster_engine import ClusterEngine, NodeInfo
+
+
+def runtime_model(cluster: ClusterSpec, model: str | None = None) -> str:
+    """What the nodes load: --model, else the cluster file's model (config.json -> its folder)."""
+    source = model or cluster.model_source or cluster.model.name
+    path = Path(source)
+    if path.name == "config.json":
+        return str(path.parent)
+    return source
+
+
+def with_local_addresses(cluster: ClusterSpec, plan: Plan, workdir: Path) -> ClusterSpec:
+    """Give every planned node without an address (and the coordinator) an ipc:// endpoint."""
+    nodes = tuple(
+        replace(node, address=node.address or f"ipc://{workdir}/{node.name}.sock")
+        if node.name in plan.nodes
+        else node
+        for node in cluster.nodes
+    )
+    coordinator = cluster.coordinator_address or f"ipc://{workdir}/coordinator.sock"
+    return replace(cluster, nodes=nodes, coordinator_address=coordinator)
+
+
+def start_local_nodes(
+    cluster: ClusterSpec, plan: Plan, workdir: Path, model: str, node_args: list[str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """`helix node` processes for the plan's nodes, on this machine (logs under workdir)."""
+    import yaml
+
+    from helix.config import cluster_to_dict
+    from helix.report import save_plan
+
+    cluster_file, plan_file = workdir / "cluster.yaml", workdir / "plan.yaml"
+    cluster_file.write_text(yaml.safe_dump(cluster_to_dict(cluster), sort_keys=False))
+    save_plan(plan, plan_file)
+    processes = []
+    for name in sorted(plan.nodes):
+        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "helix.cli",
+                    "node",
+                    "--cluster",
+                    str(cluster_file),
+                    "--plan",
+                    str(plan_file),
+                    "--name",
+                    name,
+                    "--model",
+                    model,
+                    *(node_args or []),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    return processes
+
+
+def reroute_flows(cluster: ClusterSpec, plan: Plan) -> Any:
+    """A function alive-names -> max-flow edge flows of the plan's placement over those nodes."""
+    from helix.planner.maxflow import max_flow
+    from helix.planner.problem import SINK, SOURCE, build_problem
+
+    problem = build_problem(cluster)
+
+    def flows(alive: set[str]) -> list[tuple[str, str, float]]:
+        placement = {name: layers for name, layers in plan.placement.items() if name in alive}
+        result = max_flow(problem, placement, plan.partial_inference)
+        rename = {SOURCE: "coordinator", SINK: "coordinator"}
+        return [(rename.get(u, u), rename.get(v, v), f) for (u, v), f in result.edge_flows.items()]
+
+    return flows
+
+
+def build_cluster_engine(
+    cluster: ClusterSpec,
+    plan: Plan,
+    model: str,
+    *,
+    max_model_len: int | None = None,
+    heartbeat_timeout_s: float = 3.0,
+) -> ClusterEngine:
+    """The coordinator for a cluster whose nodes have addresses (see with_local_addresses)."""
+    from .loader import read_model_config
+    from .tokenizer import load_tokenizer
+
+    if cluster.coordinator_address is None:
+        raise ValueError(
+            "coordinator.address: the cluster file must give the coordinator an "
+            "address (e.g. tcp://10.0.0.1:7000)"
+        )
+    addresses = {node.name: node.address for node in cluster.nodes}
+    infos = []
+    for name, node_plan in sorted(plan.nodes.items()):
+        if not addresses.get(name):
+            raise ValueError(f"nodes: {name} is in the plan but has no address in the cluster file")
+        infos.append(NodeInfo(name, str(addresses[name]), (node_plan.start, node_plan.end)))
+    config = read_model_config(model)
+    if config.num_layers != plan.num_layers:
+        raise ValueError(
+            f"plan covers {plan.num_layers} layers but {model} has {config.num_layers}"
+        )
+    try:
+        tokenizer: Any = load_tokenizer(model)
+    except (ValueError, OSError):
+        from .engine_setup import NullTokenizer
+
+        tokenizer = NullTokenizer()
+    limit = max_model_len or min(config.max_position_embeddings, 8192)
+    return ClusterEngine(
+        infos,
+        plan.flows,
+        tokenizer,
+        config,
+        cluster.coordinator_address,
+        limit,
+        heartbeat_timeout_s=heartbeat_timeout_s,
+        reroute=reroute_flows(cluster, plan),
+    )
+
+
+class LocalCluster:
+    """Plan (if needed), start every node as a local process, and the coordinator; a context
+    manager that shuts everything down."""
+
+    def __init__(
+        self,
+        cluster: ClusterSpec,
+        plan: Plan,
+        model: str | None = None,
+        node_args: list[str] | None = None,
+        heartbeat_timeout_s: float = 3.0,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
+        self.model = runtime_model(cluster, model)
+        self.cluster = with_local_addresses(cluster, plan, self.workdir)
+        self.plan = plan
+        self.processes = start_local_nodes(self.cluster, plan, self.workdir, self.model, node_args)
+        try:
+            self.engine = build_cluster_engine(
+                self.cluster, plan, self.model, heartbeat_timeout_s=heartbeat_timeout_s
+            )
+            self.engine.wait_for_nodes(startup_timeout_s, check=self._check_processes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _check_processes(self) -> None:
+        for name, process in zip(sorted(self.plan.nodes), self.processes):
+            if process.poll() is not None:
+                log = (self.workdir / f"{name}.log").read_text(errors="replace").strip()
+                tail = log.splitlines()[-1] if log else "no output"
+                raise RuntimeError(f"node {name} exited with code {process.returncode}: {tail}")
+
+    def close(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.shutdown()
+        for process in self.processes:
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

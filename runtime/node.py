@@ -1,0 +1,232 @@
+"""One pipeline node: receive a micro-batch, run its layers with its own paged KV cache, send on.
+
+    coordinator --Forward(tokens)--> node A --Forward(hidden)--> node B --Sampled--> coordinator
+
+Each node keeps, per request, its own block table over its own block pool (its cache covers only its
+layers). The route travels in every message, so a node knows where each request goes next; the last
+node of a route samples. Bad frames are logged and dropped; the node keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .block_pool import BlockPool, OutOfBlocksError
+from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
+from .model_runner import SeqSlice, batch_inputs
+from .sampler import prepare, sample
+from .sampling_params import SamplingParams
+from .wire import from_wire, to_wire
+
+log = logging.getLogger("helix.node")
+
+
+@dataclass
+class _NodeSeq:
+    block_table: list[int] = field(default_factory=list)
+    num_computed: int = 0
+    params: SamplingParams | None = None
+    generator: torch.Generator | None = None
+
+
+class StageWorker:
+    """The compute half of a node: no sockets, so tests can drive it directly."""
+
+    def __init__(
+        self, name: str, stage: Any, num_kv_blocks: int, block_size: int, device: torch.device
+    ) -> None:
+        self.name = name
+        self.stage = stage
+        self.block_size = block_size
+        self.device = device
+        self.pool = BlockPool(num_kv_blocks, block_size, enable_prefix_caching=False)
+        self.kv_caches = stage.allocate_kv_cache(num_kv_blocks, block_size, device=device)
+        self.seqs: dict[str, _NodeSeq] = {}
+        self.tokens_done = 0
+        self.started = time.monotonic()
+
+    def release(self, request_ids: list[str]) -> None:
+        for request_id in request_ids:
+            seq = self.seqs.pop(request_id, None)
+            if seq is not None and seq.block_table:
+                self.pool.free([self.pool.blocks[b] for b in seq.block_table])
+
+    def _admit(self, work: SeqWork) -> tuple[_NodeSeq | None, str | None]:
+        seq = self.seqs.get(work.request_id)
+        if seq is None or work.start == 0:  # new, or replayed from scratch after a reroute
+            self.release([work.request_id])
+            seq = self.seqs[work.request_id] = _NodeSeq()
+        if work.params is not None:
+            seq.params = SamplingParams(**work.params)
+            if seq.params.seed is not None:
+                seq.generator = torch.Generator().manual_seed(seq.params.seed)
+        if work.start != seq.num_computed:
+            return None, (
+                f"{self.name}: KV holds {seq.num_computed} tokens of "
+                f"{work.request_id!r} but the pass starts at {work.start}"
+            )
+        need = -(-(work.start + work.num_tokens) // self.block_size) - len(seq.block_table)
+        if need > 0:
+            try:
+                seq.block_table += [b.block_id for b in self.pool.allocate(need)]
+            except OutOfBlocksError:
+                return None, f"{self.name}: out of KV blocks"
+        return seq, None
+
+    @torch.inference_mode()
+    def forward(self, msg: Forward) -> tuple[list[tuple[str, Forward]], Sampled | None]:
+        """Run a micro-batch: messages for the next nodes, and samples for the coordinator."""
+        hidden_in = None if msg.hidden is None else from_wire(msg.hidden, self.device)
+        rows, items, works, errors = [], [], [], {}
+        offset = 0
+        for work in msg.work:
+            seq, error = self._admit(work)
+            if seq is None:
+                errors[work.request_id] = error or "rejected"
+                self.release([work.request_id])
+            else:
+                is_last = work.hop == len(work.route) - 1
+                items.append(
+                    SeqSlice(
+                        work.token_ids,
+                        work.start,
+                        work.start + work.num_tokens,
+                        seq.block_table,
+                        is_last and work.sample,
+                    )
+                )
+                works.append(work)
+                rows.append(torch.arange(offset, offset + work.num_tokens))
+            offset += work.num_tokens
+        outgoing: list[tuple[str, Forward]] = []
+        tokens: dict[str, int] = {}
+        logprobs: dict[str, float] = {}
+        # Requests entering mid-range (partial inference) run only the tail: one pass per entry.
+        groups: dict[int, list[int]] = {}
+        for i, work in enumerate(works):
+            first = max(self.stage.start, work.layer_start)
+            groups.setdefault(first, []).append(i)
+        for first, members in sorted(groups.items()):
+            group = [works[i] for i in members]
+            step = batch_inputs([items[i] for i in members], self.block_size, self.device)
+            x = (
+                step.input_ids
+                if hidden_in is None
+                else hidden_in[torch.cat([rows[i] for i in members])]
+            )
+            hidden = self.stage(x, step.positions, self.kv_caches, step.meta, first_layer=first)
+            for work in group:
+                self.seqs[work.request_id].num_computed = work.start + work.num_tokens
+            self.tokens_done += len(step.positions)
+            if step.sampled_rows:
+                new_tokens, new_logprobs = self._sample(
+                    hidden[step.logits_indices], [group[r] for r in step.sampled_rows]
+                )
+                tokens.update(new_tokens)
+                logprobs.update(new_logprobs)
+            outgoing += self._pass_on(msg.batch_id, group, hidden)
+        computed = {
+            w.request_id: w.start + w.num_tokens for w in works if w.hop == len(w.route) - 1
+        }
+        sampled = None
+        if computed or errors:
+            sampled = Sampled(msg.batch_id, self.name, tokens, computed, logprobs, errors)
+        return outgoing, sampled
+
+    def _sample(
+        self, hidden: torch.Tensor, works: list[SeqWork]
+    ) -> tuple[dict[str, int], dict[str, float]]:
+        logits = self.stage.compute_logits(hidden)  # [S, vocab]
+        states = [self.seqs[w.request_id] for w in works]
+        params = [s.params or SamplingParams(temperature=0) for s in states]
+        result = sample(logits, prepare(params, [s.generator for s in states]))
+        tokens = {w.request_id: t for w, t in zip(works, result.token_ids)}
+        values = result.logprobs or []
+        return tokens, {w.request_id: v for w, v in zip(works, values)}
+
+    def _pass_on(
+        self, batch_id: int, works: list[SeqWork], hidden: torch.Tensor
+    ) -> list[tuple[str, Forward]]:
+        by_next: dict[str, tuple[list[SeqWork], list[torch.Tensor]]] = {}
+        offset = 0
+        for work in works:
+            rows = hidden[offset : offset + work.num_tokens]
+            offset += work.num_tokens
+            if work.hop == len(work.route) - 1:
+                continue
+            nxt = work.route[work.hop + 1]
+            forwarded = SeqWork(
+                work.request_id,
+                work.start,
+                work.num_tokens,
+                work.token_ids,
+                work.route,
+                work.hop + 1,
+                work.sample,
+                work.params,
+                layer_start=self.stage.end,
+            )
+            entry = by_next.setdefault(nxt, ([], []))
+            entry[0].append(forwarded)
+            entry[1].append(rows)
+        return [
+            (nxt, Forward(batch_id, w, to_wire(torch.cat(h))))
+            for nxt, (w, h) in sorted(by_next.items())
+        ]
+
+    def heartbeat(self, incarnation: int) -> Heartbeat:
+        elapsed = max(1e-6, time.monotonic() - self.started)
+        return Heartbeat(
+            self.name,
+            incarnation,
+            self.pool.num_free_blocks,
+            len(self.seqs),
+            self.tokens_done / elapsed,
+        )
+
+
+def serve_node(
+    name: str,
+    bind: str,
+    coordinator: str,
+    peers: dict[str, str],
+    stage: Any,
+    num_kv_blocks: int,
+    block_size: int,
+    device: torch.device,
+    heartbeat_s: float = 0.5,
+) -> None:
+    """The node's loop: PULL on `bind`, PUSH to peers and the coordinator, until Shutdown."""
+    from .transport import Endpoint
+
+    worker = StageWorker(name, stage, num_kv_blocks, block_size, device)
+    incarnation = int(time.time() * 1e6) ^ os.getpid()
+    hello = Hello(name, stage.start, stage.end, num_kv_blocks, block_size, incarnation)
+    with Endpoint(bind) as endpoint:
+        endpoint.send(coordinator, hello)
+        last_beat = time.monotonic()
+        while True:
+            msg = endpoint.recv(timeout_s=heartbeat_s)
+            if isinstance(msg, Forward):
+                outgoing, sampled = worker.forward(msg)
+                for nxt, fwd in outgoing:
+                    if nxt not in peers:
+                        log.error("%s: no address for next node %r", name, nxt)
+                        continue
+                    endpoint.send(peers[nxt], fwd)
+                if sampled is not None:
+                    endpoint.send(coordinator, sampled)
+            elif isinstance(msg, Release):
+                worker.release(msg.request_ids)
+            elif isinstance(msg, Shutdown):
+                log.info("%s: shutdown (%s)", name, msg.reason)
+                return
+            if time.monotonic() - last_beat >= heartbeat_s:
+                endpoint.send(coordinator, worker.heartbeat(incarnation))
+                last_beat = time.monotonic()

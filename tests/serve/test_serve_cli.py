@@ -1,0 +1,54 @@
+"""`helix serve` flags map onto EngineConfig with vLLM names; no model is loaded here."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from helix.serve_cli import add_parser, engine_config
+
+
+def _parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return parser.parse_args(["serve", *argv])
+
+
+def test_defaults_come_from_engine_config() -> None:
+    from helix.runtime.engine_config import EngineConfig
+
+    args = _parse()
+    assert (args.host, args.port, args.api_key, args.model) == ("127.0.0.1", 8000, None, None)
+    assert engine_config(args) == EngineConfig()
+
+
+def test_flags_map_to_engine_config() -> None:
+    args = _parse(
+        "smollm2-135m", "--port", "0", "--api-key", "k", "--served-model-name", "smol",
+        "--max-model-len", "1024", "--block-size", "32", "--max-num-seqs", "8",
+        "--max-num-batched-tokens", "512", "--no-enable-prefix-caching",
+        "--scheduling-policy", "priority", "--dtype", "bfloat16",
+        "--attention-backend", "triton", "--kv-cache-memory-gb", "0.5",
+    )  # fmt: skip
+    config = engine_config(args)
+    assert (args.port, args.api_key, args.served_model_name) == (0, "k", "smol")
+    assert config.model == "smollm2-135m" and config.max_model_len == 1024
+    assert (config.block_size, config.max_num_seqs, config.max_num_batched_tokens) == (32, 8, 512)
+    assert config.enable_prefix_caching is False and config.scheduling_policy == "priority"
+    assert (config.dtype, config.attention_backend) == ("bfloat16", "triton")
+    assert config.kv_cache_memory_gb == 0.5
+    assert engine_config(_parse("--enable-prefix-caching")).enable_prefix_caching is True
+
+
+@pytest.mark.parametrize("flag", ["--cluster", "--plan"])
+def test_cluster_and_plan_are_not_implemented_yet(flag: str) -> None:
+    with pytest.raises(ValueError, match="not implemented yet"):
+        engine_config(_parse(flag, "x.yaml"))
+
+
+def test_bad_values_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="block_size"):
+        engine_config(_parse("--block-size", "3"))
+    with pytest.raises(SystemExit):
+        _parse("--scheduling-policy", "lifo")
