@@ -1,11 +1,12 @@
 """Placement x routing, simulated: the paper's end-to-end evaluation table for one or two clusters.
 
-    python benchmarks/layouts.py [--time-limit 30] [--duration 300] [--warmup 60] [--json]
+    python benchmarks/layouts.py [--time-limit 30] [--duration 600] [--warmup 60] [--json]
 
 For each cluster (the bundled helix-single24 and one random cluster), each solver's plan (milp,
 petals, swarm, separate when the cluster allows it) runs under every routing policy, offline
-(cluster kept full) and online (Poisson arrivals at `--online-load` x the best offline
-throughput seen on that cluster, so every layout faces the same request rate). Rows: decode
+(cluster kept full) and online (Poisson arrivals at `--online-load` x the request rate
+that the best offline run on that cluster sustained, decode tokens/s / 240, so every layout faces
+the same rate). Rows: decode
 tokens/s, total tokens/s, prompt latency (time to first token) and decode latency per token.
 """
 
@@ -26,7 +27,7 @@ from helix.planner.solvers import SolveOptions, solve
 from helix.planner.spec import ClusterSpec
 
 SOLVERS = ["milp", "petals", "swarm", "separate"]
-TOKENS_PER_REQUEST = 750 + 240
+MEAN_OUTPUT_TOKENS = 240
 # The paper's simulated decode tokens/s, offline / online (helix-paper-facts.md section 12).
 PAPER = {"milp": (252.1, 141.6), "swarm": (124.7, 69.8), "separate": (124.3, 84.0)}
 
@@ -43,8 +44,8 @@ def run_cluster(name: str, cluster: ClusterSpec, args: argparse.Namespace) -> li
     for mode in ("offline", "online"):
         rate = None
         if mode == "online":
-            best = max(r["total_tokens_per_s"] for r in rows if r.get("mode") == "offline")
-            rate = args.online_load * best / TOKENS_PER_REQUEST
+            best = max(r["decode_tokens_per_s"] for r in rows if r.get("mode") == "offline")
+            rate = args.online_load * best / MEAN_OUTPUT_TOKENS
         for solver, plan in plans.items():
             for routing in routing_names():
                 config = SimConfig(
@@ -126,7 +127,7 @@ def main() -> None:
     parser.add_argument("--cluster", type=Path, default=None, help="default: helix-single24")
     parser.add_argument("--random-seed", type=int, default=2, help="random cluster seed (-1: none)")
     parser.add_argument("--time-limit", type=float, default=30.0, help="milp seconds")
-    parser.add_argument("--duration", type=float, default=300.0, help="measured seconds")
+    parser.add_argument("--duration", type=float, default=600.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=60.0)
     parser.add_argument(
         "--online-load",

@@ -56,8 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--seed", type=int, default=None, help="seed of the shared sampling stream")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger bodies get 413")
     p.add_argument("--uvicorn-log-level", default="info", help="uvicorn's log level")
-    p.add_argument("--cluster", default=None, help="cluster YAML for sharded serving (later)")
-    p.add_argument("--plan", default=None, help="plan YAML for sharded serving (later)")
+    p.add_argument("--cluster", default=None,
+                   help="cluster YAML: serve sharded over its nodes (nodes without an address "
+                   "start as local processes). Without --cluster and without MODEL, the bundled "
+                   "local-cpu cluster (3 local node processes) is served.")
+    p.add_argument("--plan", default=None, help="plan YAML (default: plan the cluster first)")
+    p.add_argument("--single-node", action="store_true",
+                   help="serve the default model in this process instead of the local cluster")
+    p.add_argument("--plan-time-limit", type=float, default=30.0,
+                   help="seconds for planning when no --plan is given")
     p.set_defaults(func=cmd)
     return p
 
@@ -66,11 +73,6 @@ def engine_config(args: argparse.Namespace) -> Any:
     """The EngineConfig the flags describe (raises ValueError naming a bad field)."""
     from helix.runtime.engine_config import EngineConfig
 
-    if args.cluster is not None or args.plan is not None:
-        raise ValueError(
-            "--cluster/--plan: sharded serving over a cluster is not implemented yet; "
-            "drop them to serve the model on this machine"
-        )
     given = {k: getattr(args, k) for k in _ENGINE_FLAGS if getattr(args, k, None) is not None}
     return EngineConfig(model=args.model, **given)
 
@@ -80,10 +82,45 @@ def build_server(args: argparse.Namespace) -> tuple[Any, Any]:
     from helix.runtime.async_engine import AsyncEngine
     from helix.runtime.server import build_app
 
-    config = engine_config(args)
-    engine = AsyncEngine.from_config(config)
     name = args.served_model_name or args.model or _DEFAULT_MODEL
+    if is_cluster_mode(args):
+        engine = AsyncEngine(start_cluster(args))
+    else:
+        engine = AsyncEngine.from_config(engine_config(args))
     return engine, build_app(engine, name, args.api_key, args.max_request_bytes)
+
+
+def is_cluster_mode(args: argparse.Namespace) -> bool:
+    if args.plan is not None and args.cluster is None:
+        raise ValueError("--plan: needs --cluster too")
+    return args.cluster is not None or (args.model is None and not args.single_node)
+
+
+def start_cluster(args: argparse.Namespace) -> Any:
+    """Plan if needed, start the nodes without an address locally, return the coordinator."""
+    from pathlib import Path
+
+    from helix.cli import bundled_cluster
+    from helix.config import load_cluster
+    from helix.planning import plan
+    from helix.report import load_plan
+    from helix.runtime.cluster_launch import LocalCluster
+
+    path = Path(args.cluster) if args.cluster else bundled_cluster("local-cpu")
+    if path is None or not path.exists():
+        raise ValueError(f"--cluster: no such file {args.cluster!r}")
+    cluster = load_cluster(path)
+    the_plan = load_plan(args.plan) if args.plan else plan(cluster, "milp",
+                                                          time_limit_s=args.plan_time_limit)
+    node_args = ["--kv-cache-memory-gb", str(args.kv_cache_memory_gb or 0.5)]
+    if args.dtype:
+        node_args += ["--dtype", args.dtype]
+    local = LocalCluster(cluster, the_plan, args.model, node_args=node_args)
+    engine = local.engine
+    engine.on_shutdown = local.close
+    print(f"cluster: {len(the_plan.nodes)} nodes, plan {the_plan.throughput_tokens_per_s:,.1f} "
+          f"tokens/s, logs in {local.workdir}", flush=True)
+    return engine
 
 
 def cmd(args: argparse.Namespace) -> int:

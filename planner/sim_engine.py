@@ -41,6 +41,7 @@ class Simulator:
         self.rec = Recorder(config.warmup_s, config.end_s, bin_s)
         self.nodes = self._build_nodes(cluster, config, tables)
         self.links = self._build_links(cluster)
+        self.batch_cap, self.prompt_cap = config.batch_seqs, config.prompt_max_tokens
         self.act_bytes = cluster.model.activation_bytes_per_token
         self.token_bytes = cluster.token_bytes
         policy = policy_cls(
@@ -98,10 +99,11 @@ class Simulator:
         end, heap, pop = self.config.end_s, self.heap, heapq.heappop
         coord = self.coord
         coord.start()
+        self.last_s = end
         while heap:
             at, _, kind, payload = pop(heap)
             if at > end:
-                break
+                return
             self.now = at
             self.num_events += 1
             if kind == DONE:
@@ -112,7 +114,7 @@ class Simulator:
                 self._wake(payload, at)  # type: ignore[arg-type]
             else:
                 coord.arrival(at)
-        self.last_s = min(self.now, end) if heap else self.now
+        self.last_s = self.now  # drained: nothing left to happen
 
     def send(
         self, u: int, v: int, packets: list[Packet], nbytes: float, num_reqs: int, now: float
@@ -168,7 +170,7 @@ class Simulator:
 
     def _start(self, node: Node, now: float) -> None:
         batch: list[Packet] = []
-        decode_q, batch_cap = node.decode_q, self.config.batch_seqs
+        decode_q, batch_cap = node.decode_q, self.batch_cap
         num_seqs = ctx = 0
         while decode_q and num_seqs < batch_cap:
             packet = decode_q[0]
@@ -179,7 +181,7 @@ class Simulator:
             num_seqs += packet.tokens
             ctx += packet.ctx
             batch.append(packet)
-        prompt_q, cap, num_prompt, sq = node.prompt_q, self.config.prompt_max_tokens, 0, 0
+        prompt_q, cap, num_prompt, sq = node.prompt_q, self.prompt_cap, 0, 0
         while prompt_q and (num_prompt == 0 or num_prompt + prompt_q[0].tokens <= cap):
             packet = prompt_q.popleft()
             num_prompt += packet.tokens
@@ -231,6 +233,25 @@ class Simulator:
                 start if start > rec.start else rec.start
             )
         batch, node.batch = node.batch, []
+        if len(batch) == 1:  # the common case: one packet, one destination
+            p = batch[0]
+            p.hop += 1
+            nodes = p.route.nodes
+            num_reqs = len(p.reqs)
+            node.queued -= num_reqs
+            if p.hop < len(nodes):
+                self.send(node.index, nodes[p.hop], batch, self.act_bytes * p.tokens, num_reqs, now)
+            else:
+                self.send(node.index, SINK, batch, self.token_bytes * num_reqs, num_reqs, now)
+        else:
+            self._send_outputs(node, batch, now)
+        if self.observe is not None:
+            delay = sum(now - p.arrived for p in batch) / len(batch)
+            self.observe(node.index, delay)
+        self._next_iteration(node, now)
+
+    def _send_outputs(self, node: Node, batch: list[Packet], now: float) -> None:
+        """One transfer per next hop, carrying every packet bound there."""
         out: dict[int, list[Packet]] = {}
         sizes: dict[int, list[int]] = {}  # dest -> [tokens, requests]
         for p in batch:
@@ -254,10 +275,6 @@ class Simulator:
             nbytes = self.token_bytes * num_reqs if dest == SINK else self.act_bytes * tokens
             self.send(node.index, dest, packets, nbytes, num_reqs, now)
         node.queued -= sent
-        if self.observe is not None:
-            delay = sum(now - p.arrived for p in batch) / len(batch)
-            self.observe(node.index, delay)
-        self._next_iteration(node, now)
 
     # -- results --------------------------------------------------------------------------------
 

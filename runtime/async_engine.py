@@ -155,6 +155,9 @@ class AsyncEngine:
         if self._thread.is_alive():
             self._commands.put(_Stop())
             self._thread.join(timeout_s)
+        close = getattr(self.engine, "close", None)
+        if close is not None:  # a cluster coordinator also stops its node processes
+            close()
 
     # ---- engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
@@ -247,17 +250,17 @@ class AsyncEngine:
                 self.engine.abort_request(add.request_id)
 
     def _publish_stats(self) -> None:
-        scheduler = self.engine.scheduler
+        load = self.engine.load_stats()
         counters = self._counters
         horizon = time.monotonic() - self.rate_window_s
         while counters.recent and counters.recent[0][0] < horizon:
             counters.recent.popleft()
         self._stats = {  # NOTE(helix): one assignment, so readers never see a half-built dict
-            "num_requests_running": len(scheduler.running),
-            "num_requests_waiting": scheduler.num_waiting,
+            "num_requests_running": load["num_requests_running"],
+            "num_requests_waiting": load["num_requests_waiting"],
             "num_requests_in_flight": len(self._sinks),
-            "kv_cache_usage": float(scheduler.pool.usage),
-            "num_preemptions": scheduler.num_preemptions,
+            "kv_cache_usage": load["kv_cache_usage"],
+            "num_preemptions": load["num_preemptions"],
             "prefix_cache_queries": counters.num_prefix_cache_queries,
             "prefix_cache_hits": counters.num_prefix_cache_hits,
             "generation_tokens": counters.num_generation_tokens,

@@ -96,6 +96,7 @@ class ClusterEngine:
         self._batch_ids = itertools.count(1)
         self._ids = itertools.count()
         self.num_stages = max(1, len({n.layers for n in nodes}))
+        self.on_shutdown: Any = None
 
     # ---- lifecycle ------------------------------------------------------------------------
     def wait_for_nodes(self, timeout_s: float = 120.0, check: Any = None) -> None:
@@ -110,7 +111,15 @@ class ClusterEngine:
                 raise TimeoutError(f"nodes did not start within {timeout_s:.0f} s: {missing}")
             self._receive(0.1)
 
+    def close(self) -> None:
+        """Stop the cluster: `on_shutdown` (set by whoever started the nodes) or shutdown()."""
+        if self.on_shutdown is not None:
+            self.on_shutdown()
+        else:
+            self.shutdown()
+
     def shutdown(self) -> None:
+        """Tell every node to stop and close the coordinator's sockets."""
         for node in self.nodes.values():
             self.endpoint.send(node.address, Shutdown("coordinator shutting down"))
         time.sleep(0.1)
@@ -153,6 +162,16 @@ class ClusterEngine:
 
     def has_unfinished_requests(self) -> bool:
         return any(not r.finished for r in self.requests.values())
+
+    def load_stats(self) -> dict[str, float]:
+        """Queue and KV figures for metrics (same keys as LLMEngine.load_stats)."""
+        live = [r for r in self.requests.values() if not r.finished]
+        blocks = sum(n.num_kv_blocks for n in self.nodes.values() if n.alive)
+        reserved = sum(n.reserved_blocks for n in self.nodes.values() if n.alive)
+        return {"num_requests_running": sum(r.route is not None for r in live),
+                "num_requests_waiting": sum(r.route is None for r in live),
+                "kv_cache_usage": reserved / blocks if blocks else 0.0,
+                "num_preemptions": sum(r.num_reroutes for r in self.requests.values())}
 
     def pop_finished(self) -> list[RequestOutput]:
         done = [r for r in self.requests.values() if r.finished]

@@ -38,9 +38,10 @@ def with_local_addresses(cluster: ClusterSpec, plan: Plan, workdir: Path) -> Clu
 
 
 def start_local_nodes(
-    cluster: ClusterSpec, plan: Plan, workdir: Path, model: str, node_args: list[str] | None = None
+    cluster: ClusterSpec, plan: Plan, workdir: Path, model: str, names: list[str],
+    node_args: list[str] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """`helix node` processes for the plan's nodes, on this machine (logs under workdir)."""
+    """`helix node` processes for `names`, on this machine (logs under workdir)."""
     import yaml
 
     from helix.config import cluster_to_dict
@@ -50,7 +51,7 @@ def start_local_nodes(
     cluster_file.write_text(yaml.safe_dump(cluster_to_dict(cluster), sort_keys=False))
     save_plan(plan, plan_file)
     processes = []
-    for name in sorted(plan.nodes):
+    for name in names:
         log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
         processes.append(
             subprocess.Popen(
@@ -154,9 +155,12 @@ class LocalCluster:
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
+        given = {node.name for node in cluster.nodes if node.address}
+        self.local_names = sorted(name for name in plan.nodes if name not in given)
         self.cluster = with_local_addresses(cluster, plan, self.workdir)
         self.plan = plan
-        self.processes = start_local_nodes(self.cluster, plan, self.workdir, self.model, node_args)
+        self.processes = start_local_nodes(self.cluster, plan, self.workdir, self.model,
+                                           self.local_names, node_args)
         try:
             self.engine = build_cluster_engine(
                 self.cluster, plan, self.model, heartbeat_timeout_s=heartbeat_timeout_s
@@ -167,7 +171,7 @@ class LocalCluster:
             raise
 
     def _check_processes(self) -> None:
-        for name, process in zip(sorted(self.plan.nodes), self.processes):
+        for name, process in zip(self.local_names, self.processes):
             if process.poll() is not None:
                 log = (self.workdir / f"{name}.log").read_text(errors="replace").strip()
                 tail = log.splitlines()[-1] if log else "no output"

@@ -157,6 +157,14 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return any(not r.finished for r in self._requests.values())
 
+    def load_stats(self) -> dict[str, float]:
+        """Queue and KV figures for metrics (the cluster engine offers the same keys)."""
+        scheduler = self.scheduler
+        return {"num_requests_running": len(scheduler.running),
+                "num_requests_waiting": scheduler.num_waiting,
+                "kv_cache_usage": float(scheduler.pool.usage),
+                "num_preemptions": scheduler.num_preemptions}
+
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One scheduler step; returns the requests that changed (finished ones last time)."""

@@ -41,10 +41,15 @@ def test_flags_map_to_engine_config() -> None:
     assert engine_config(_parse("--enable-prefix-caching")).enable_prefix_caching is True
 
 
-@pytest.mark.parametrize("flag", ["--cluster", "--plan"])
-def test_cluster_and_plan_are_not_implemented_yet(flag: str) -> None:
-    with pytest.raises(ValueError, match="not implemented yet"):
-        engine_config(_parse(flag, "x.yaml"))
+def test_cluster_mode_is_the_default_without_a_model() -> None:
+    from helix.serve_cli import is_cluster_mode
+
+    assert is_cluster_mode(_parse())  # the bundled local cluster
+    assert not is_cluster_mode(_parse("smollm2-135m"))
+    assert not is_cluster_mode(_parse("--single-node"))
+    assert is_cluster_mode(_parse("smollm2-135m", "--cluster", "c.yaml"))
+    with pytest.raises(ValueError, match="--plan: needs --cluster"):
+        is_cluster_mode(_parse("m", "--plan", "p.yaml"))
 
 
 def test_bad_values_are_value_errors() -> None:
