@@ -6,8 +6,9 @@
 For a few layer counts k, ``load_stage(model, 0, k)`` builds stage [0, k) and we time its forward
 pass on (a) a prompt batch of N tokens and (b) N sequences decoding one token each after a
 context of ``context_tokens``. The slope of time against k (least squares) is the per-layer time:
-it leaves out the embedding, which every stage [0, k) pays once. With one layer count the time is
-divided by k. Times are the fastest of repeated runs; each table is made non-decreasing in N.
+it leaves out the embedding, which every stage [0, k) pays once (the slope is kept within half
+and all of the largest stage's time per layer). With one layer count the time is divided by k.
+Times are the fastest of repeated runs; each table is made non-decreasing in N.
 """
 
 from __future__ import annotations
@@ -128,13 +129,16 @@ def _forward_ms(
 
 
 def _slope(counts: Sequence[int], times: Sequence[float]) -> float:
-    """Least-squares ms per layer; times / k when only one layer count was measured."""
+    """Least-squares ms per layer, kept within [0.5, 1] x the largest stage's time per layer
+    (its fixed part, the embedding and call overhead, is small; noise can make a slope of a tiny
+    model's few layers anything)."""
+    per_layer = times[-1] / counts[-1]
     if len(counts) == 1:
-        return times[0] / counts[0]
+        return per_layer
     mean_k, mean_t = statistics.fmean(counts), statistics.fmean(times)
     num = sum((k - mean_k) * (t - mean_t) for k, t in zip(counts, times))
     den = sum((k - mean_k) ** 2 for k in counts)
-    return num / den
+    return min(per_layer, max(0.5 * per_layer, num / den))
 
 
 def _monotone(table: dict[int, float]) -> dict[int, float]:

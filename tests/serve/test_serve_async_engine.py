@@ -56,6 +56,11 @@ class _FakeEngine:
         self._seen()
         return any(not o.finished for o in self.requests.values())
 
+    def load_stats(self) -> dict[str, float]:
+        s = self.scheduler
+        return {"num_requests_running": len(s.running), "num_requests_waiting": s.num_waiting,
+                "kv_cache_usage": s.pool.usage, "num_preemptions": s.num_preemptions}
+
     def step(self) -> list[RequestOutput]:
         self._seen()
         self.num_steps += 1
