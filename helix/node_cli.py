@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this node")
     p.set_defaults(func=cmd)
 
 
@@ -36,6 +37,10 @@ def cmd(args: argparse.Namespace) -> int:
     from helix.runtime.node import serve_node
 
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.name} %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     cluster = load_cluster(args.cluster)
     plan = load_plan(args.plan)
     if args.name not in plan.nodes:

@@ -92,11 +92,20 @@ def torch_write_kv(
 ) -> None:
     block_size = k_cache.shape[1]
     keep = slot_mapping >= 0  # [T]
-    slots = slot_mapping[keep]  # [T'] (T' <= T)
-    blocks, offsets = slots // block_size, slots % block_size
-    # NOTE(kernels): index by (block, offset) rather than a flat view so any cache strides work.
-    k_cache[blocks, offsets] = key[keep]
-    v_cache[blocks, offsets] = value[keep]
+    if bool(keep.all()):
+        slots, key, value = slot_mapping, key, value
+    else:
+        slots, key, value = slot_mapping[keep], key[keep], value[keep]  # [T'] (T' <= T)
+    if k_cache.is_contiguous() and v_cache.is_contiguous():
+        # NOTE(kernels): index_copy_ on the flat [slots, Hkv, D] view; advanced-index assignment
+        # with (block, offset) pairs is ~700x slower on CPU for a large cache.
+        flat = (-1, *k_cache.shape[2:])
+        k_cache.view(flat).index_copy_(0, slots, key.to(k_cache.dtype))
+        v_cache.view(flat).index_copy_(0, slots, value.to(v_cache.dtype))
+        return
+    blocks, offsets = slots // block_size, slots % block_size  # any cache strides work here
+    k_cache[blocks, offsets] = key
+    v_cache[blocks, offsets] = value
 
 
 def _gather_context(
@@ -106,7 +115,7 @@ def _gather_context(
 ) -> torch.Tensor:  # [Hkv, seq_len, D], float32
     block_size = cache.shape[1]
     num_used = -(-seq_len // block_size)
-    blocks = cache[table[:num_used].long()]  # [num_used, block_size, Hkv, D]
+    blocks = cache.index_select(0, table[:num_used].long())  # [num_used, block_size, Hkv, D]
     tokens = blocks.flatten(0, 1)[:seq_len]  # [seq_len, Hkv, D]
     return tokens.transpose(0, 1).float()
 
@@ -157,8 +166,10 @@ def torch_decode(
     num_used = -(-max_seq_len // block_size)
     # Entries past a sequence's last block may be garbage: clamp them, the mask hides them.
     table = block_tables[:, :num_used].long().clamp(0, num_blocks - 1)  # [B, n]
-    k = k_cache[table].flatten(1, 2).transpose(1, 2).float()  # [B, Hkv, n * block_size, D]
-    v = v_cache[table].flatten(1, 2).transpose(1, 2).float()  # [B, Hkv, n * block_size, D]
+    batch = table.shape[0]
+    gathered = (batch, num_used * block_size, *k_cache.shape[2:])  # [B, n * block_size, Hkv, D]
+    k = k_cache.index_select(0, table.flatten()).view(gathered).transpose(1, 2).float()
+    v = v_cache.index_select(0, table.flatten()).view(gathered).transpose(1, 2).float()
     key_pos = torch.arange(k.shape[2], device=q.device)  # [S]
     mask = key_pos[None, :] < seq_lens[:, None]  # [B, S]
     out = F.scaled_dot_product_attention(

@@ -17,8 +17,8 @@ from .plan import Plan
 from .problem import Problem
 from .sim_compute import LayerTables, kv_capacity_entries, node_layer_cost, profile_tables
 from .sim_coordinator import Coordinator
-from .sim_graph import SINK, SOURCE, build_route_graph
-from .sim_metrics import LatencyStats, NodeStats, Recorder, SimResult
+from .sim_graph import SINK, build_route_graph
+from .sim_metrics import Recorder, SimResult, build_result
 from .sim_routing import ROUTING
 from .sim_state import COORD, DONE, WAKE, Link, Node, Packet
 from .simulate import SimConfig
@@ -74,18 +74,18 @@ class Simulator:
         return nodes
 
     def _build_links(self, cluster: ClusterSpec) -> dict[tuple[int, int], Link]:
-        net, specs = cluster.network, {node.name: node for node in cluster.nodes}
-        coord = (cluster.coordinator, cluster.coordinator_region)
+        regions = {node.name: node.region for node in cluster.nodes}
+
+        def endpoint(i: int) -> tuple[str, str]:
+            if i < 0:  # SOURCE or SINK: the coordinator
+                return cluster.coordinator, cluster.coordinator_region
+            name = self.graph.names[i]
+            return name, regions[name]
+
         links: dict[tuple[int, int], Link] = {}
         for u, successors in self.graph.succ.items():
             for v in successors:
-                a = (
-                    coord
-                    if u == SOURCE
-                    else (self.graph.names[u], specs[self.graph.names[u]].region)
-                )
-                b = coord if v == SINK else (self.graph.names[v], specs[self.graph.names[v]].region)
-                spec = net.link(a[0], a[1], b[0], b[1])
+                spec = cluster.network.link(*endpoint(u), *endpoint(v))
                 assert spec is not None  # the graph only has edges whose link exists
                 links[(u, v)] = Link(spec.gbps * 1e9 / 8, spec.latency_ms / 1e3)
         return links
@@ -279,51 +279,7 @@ class Simulator:
     # -- results --------------------------------------------------------------------------------
 
     def result(self, wall_s: float) -> SimResult:
-        rec, config = self.rec, self.config
-        window_end = min(config.end_s, self.last_s)
-        window = max(0.0, window_end - config.warmup_s)
-        node_stats = []
-        for node in self.nodes:
-            busy = node.busy_s + (rec.overlap(node.iter_start, window_end) if node.busy else 0.0)
-            area = node.kv_area + node.kv_used * rec.overlap(node.kv_last, window_end)
-            cap = node.kv_capacity
-            node_stats.append(
-                NodeStats(
-                    name=node.name,
-                    gpu=node.gpu,
-                    layers=node.layers,
-                    utilisation=busy / window if window else 0.0,
-                    kv_capacity_entries=cap,
-                    kv_mean_use=area / (window * cap) if window and cap else 0.0,
-                    kv_peak_entries=node.kv_peak,
-                    iterations=node.iterations,
-                    mean_decode_batch=node.decode_seqs / max(1, node.iterations),
-                )
-            )
-        decode_timeline, total_timeline = rec.timelines(self.last_s)
-        coord = self.coord
-        return SimResult(
-            routing=config.routing,
-            mode=config.mode,
-            seed=config.seed,
-            warmup_s=config.warmup_s,
-            window_s=window,
-            plan_throughput_tokens_per_s=self.plan.throughput_tokens_per_s,
-            decode_tokens_per_s=rec.decode_tokens / window if window else 0.0,
-            prompt_tokens_per_s=rec.prompt_tokens / window if window else 0.0,
-            prompt_latency=LatencyStats.of(rec.ttft),
-            decode_latency=LatencyStats.of(rec.step_latency, rec.step_weight),
-            num_admitted=coord.num_admitted,
-            num_completed=coord.num_completed,
-            num_waiting=len(coord.waiting),
-            num_dropped=coord.num_dropped,
-            nodes=tuple(node_stats),
-            bin_s=rec.bin_s,
-            decode_timeline=decode_timeline,
-            total_timeline=total_timeline,
-            wall_s=wall_s,
-            num_events=self.num_events,
-        )
+        return build_result(self, wall_s)
 
     def check_integrity(self) -> None:
         """Reservations equal what the admitted requests hold; none exceeds capacity."""

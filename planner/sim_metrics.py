@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sim_engine import Simulator
 
 
 @dataclass(frozen=True)
@@ -183,3 +186,52 @@ class Recorder:
             for d, p in zip(self.decode_bins[:num_bins], self.prompt_bins[:num_bins])
         )
         return decode, total
+
+
+def build_result(sim: Simulator, wall_s: float) -> SimResult:
+    """Close the books on a finished run: window totals, per-node shares, latency stats."""
+    rec, config = sim.rec, sim.config
+    window_end = min(config.end_s, sim.last_s)
+    window = max(0.0, window_end - config.warmup_s)
+    node_stats = []
+    for node in sim.nodes:
+        busy = node.busy_s + (rec.overlap(node.iter_start, window_end) if node.busy else 0.0)
+        area = node.kv_area + node.kv_used * rec.overlap(node.kv_last, window_end)
+        cap = node.kv_capacity
+        node_stats.append(
+            NodeStats(
+                name=node.name,
+                gpu=node.gpu,
+                layers=node.layers,
+                utilisation=busy / window if window else 0.0,
+                kv_capacity_entries=cap,
+                kv_mean_use=area / (window * cap) if window and cap else 0.0,
+                kv_peak_entries=node.kv_peak,
+                iterations=node.iterations,
+                mean_decode_batch=node.decode_seqs / max(1, node.iterations),
+            )
+        )
+    decode_timeline, total_timeline = rec.timelines(sim.last_s)
+    coord = sim.coord
+    return SimResult(
+        routing=config.routing,
+        mode=config.mode,
+        seed=config.seed,
+        warmup_s=config.warmup_s,
+        window_s=window,
+        plan_throughput_tokens_per_s=sim.plan.throughput_tokens_per_s,
+        decode_tokens_per_s=rec.decode_tokens / window if window else 0.0,
+        prompt_tokens_per_s=rec.prompt_tokens / window if window else 0.0,
+        prompt_latency=LatencyStats.of(rec.ttft),
+        decode_latency=LatencyStats.of(rec.step_latency, rec.step_weight),
+        num_admitted=coord.num_admitted,
+        num_completed=coord.num_completed,
+        num_waiting=len(coord.waiting),
+        num_dropped=coord.num_dropped,
+        nodes=tuple(node_stats),
+        bin_s=rec.bin_s,
+        decode_timeline=decode_timeline,
+        total_timeline=total_timeline,
+        wall_s=wall_s,
+        num_events=sim.num_events,
+    )

@@ -38,8 +38,13 @@ def with_local_addresses(cluster: ClusterSpec, plan: Plan, workdir: Path) -> Clu
 
 
 def start_local_nodes(
-    cluster: ClusterSpec, plan: Plan, workdir: Path, model: str, names: list[str],
+    cluster: ClusterSpec,
+    plan: Plan,
+    workdir: Path,
+    model: str,
+    names: list[str],
     node_args: list[str] | None = None,
+    per_node_args: dict[str, list[str]] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
     """`helix node` processes for `names`, on this machine (logs under workdir)."""
     import yaml
@@ -69,6 +74,7 @@ def start_local_nodes(
                     "--model",
                     model,
                     *(node_args or []),
+                    *(per_node_args or {}).get(name, []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -152,6 +158,7 @@ class LocalCluster:
         node_args: list[str] | None = None,
         heartbeat_timeout_s: float = 3.0,
         startup_timeout_s: float = 180.0,
+        per_node_args: dict[str, list[str]] | None = None,
     ) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
@@ -159,8 +166,9 @@ class LocalCluster:
         self.local_names = sorted(name for name in plan.nodes if name not in given)
         self.cluster = with_local_addresses(cluster, plan, self.workdir)
         self.plan = plan
-        self.processes = start_local_nodes(self.cluster, plan, self.workdir, self.model,
-                                           self.local_names, node_args)
+        self.processes = start_local_nodes(
+            self.cluster, plan, self.workdir, self.model, self.local_names, node_args, per_node_args
+        )
         try:
             self.engine = build_cluster_engine(
                 self.cluster, plan, self.model, heartbeat_timeout_s=heartbeat_timeout_s
