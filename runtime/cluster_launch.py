@@ -159,11 +159,15 @@ class LocalCluster:
         heartbeat_timeout_s: float = 3.0,
         startup_timeout_s: float = 180.0,
         per_node_args: dict[str, list[str]] | None = None,
+        start: list[str] | None = None,
     ) -> None:
+        """`start`: the nodes to run as local processes (default: planned nodes the cluster file
+        gives no address; nodes with an address are expected to be started by hand)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
         given = {node.name for node in cluster.nodes if node.address}
-        self.local_names = sorted(name for name in plan.nodes if name not in given)
+        self.local_names = sorted(start if start is not None else
+                                  (name for name in plan.nodes if name not in given))
         self.cluster = with_local_addresses(cluster, plan, self.workdir)
         self.plan = plan
         self.processes = start_local_nodes(

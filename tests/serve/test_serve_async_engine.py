@@ -123,7 +123,12 @@ def test_snapshots_are_frozen_copies_from_one_thread(fake: Any) -> None:
         assert [s.outputs[0].text for s in snapshots][-1] == "xxxxx"
         assert snapshots[-1].finished and not any(s.finished for s in snapshots[:-1])
     assert len(engine.threads) == 1 and threading.get_ident() not in engine.threads
+    # The engine thread publishes stats right after it delivers the last snapshot: poll briefly.
+    deadline = time.monotonic() + 5
     stats = async_engine.stats()
+    while stats["generation_tokens"] < 15 and time.monotonic() < deadline:
+        time.sleep(0.01)
+        stats = async_engine.stats()
     assert stats["prefix_cache_queries"] == 12 and stats["prefix_cache_hits"] == 6
     assert stats["generation_tokens"] == 15 and stats["num_requests_in_flight"] == 0
 
