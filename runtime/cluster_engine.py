@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import apply_token
+from .engine import apply_token, prepare_prompt
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
 from .outputs import CompletionOutput, RequestOutput
 from .routing import FlowRouter
@@ -129,20 +129,14 @@ class ClusterEngine:
     def add_request(
         self, prompt: Any, params: SamplingParams, request_id: str | None = None
     ) -> str:
-        from .engine import LLMEngine
-
         if params.n != 1:
             raise ValueError("n: the cluster runtime serves n=1 only for now")
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        text, ids = LLMEngine._tokenize(self, prompt)  # type: ignore[arg-type]
-        if not ids:
-            raise ValueError("prompt is empty")
-        if len(ids) >= self.max_model_len:
-            raise ValueError(f"prompt has {len(ids)} tokens; max_model_len is {self.max_model_len}")
-        if any(not 0 <= t < self.model_config.vocab_size for t in ids):
-            raise ValueError(f"prompt_token_ids must lie in [0, {self.model_config.vocab_size})")
+        text, ids = prepare_prompt(
+            self.tokenizer, prompt, self.max_model_len, self.model_config.vocab_size
+        )
         self.requests[request_id] = _ClusterRequest(
             request_id,
             text,
@@ -168,10 +162,12 @@ class ClusterEngine:
         live = [r for r in self.requests.values() if not r.finished]
         blocks = sum(n.num_kv_blocks for n in self.nodes.values() if n.alive)
         reserved = sum(n.reserved_blocks for n in self.nodes.values() if n.alive)
-        return {"num_requests_running": sum(r.route is not None for r in live),
-                "num_requests_waiting": sum(r.route is None for r in live),
-                "kv_cache_usage": reserved / blocks if blocks else 0.0,
-                "num_preemptions": sum(r.num_reroutes for r in self.requests.values())}
+        return {
+            "num_requests_running": sum(r.route is not None for r in live),
+            "num_requests_waiting": sum(r.route is None for r in live),
+            "kv_cache_usage": reserved / blocks if blocks else 0.0,
+            "num_preemptions": sum(r.num_reroutes for r in self.requests.values()),
+        }
 
     def pop_finished(self) -> list[RequestOutput]:
         done = [r for r in self.requests.values() if r.finished]
@@ -287,11 +283,11 @@ class ClusterEngine:
         for request in self.requests.values():
             if request.route is not None or request.finished:
                 continue
-            need = -(-(len(request.prompt_token_ids) + request.max_tokens) // 16)
+            num_tokens = len(request.prompt_token_ids) + request.max_tokens
 
-            def fits(name: str, need: int = need) -> bool:
+            def fits(name: str, num_tokens: int = num_tokens) -> bool:
                 node = self.nodes[name]
-                blocks = -(-(need * 16) // node.block_size)
+                blocks = -(-num_tokens // node.block_size)
                 return node.alive and node.reserved_blocks + blocks <= node.num_kv_blocks
 
             route = self.router.route(float(len(request.tokens)), fits)
@@ -301,11 +297,10 @@ class ClusterEngine:
                     self._finish(request, "error")
                     changed.add(request.request_id)
                 continue  # no KV room now: wait
-            request.route = route
-            request.reserved = need * 16
+            request.route, request.reserved = route, num_tokens
             for name in route:
                 node = self.nodes[name]
-                node.reserved_blocks += -(-request.reserved // node.block_size)
+                node.reserved_blocks += -(-num_tokens // node.block_size)
 
     def _any_route(self) -> bool:
         return self.router.route(0.0, lambda name: self.nodes[name].alive) is not None

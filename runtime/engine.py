@@ -27,9 +27,49 @@ _FINISH = {
 }
 
 
-def apply_token(out: CompletionOutput, detokenizer: Any, token: int, params: SamplingParams,
-                eos_token_ids: tuple[int, ...], max_tokens: int, at_max_model_len: bool
-                ) -> SequenceStatus | None:
+def prepare_prompt(
+    tokenizer: Any, prompt: Any, max_model_len: int, vocab_size: int
+) -> tuple[str | None, list[int]]:
+    """A str, token-id list or {"prompt" | "prompt_token_ids"} dict -> (text, ids), validated."""
+    text: str | None
+    if isinstance(prompt, str):
+        text, ids = prompt, tokenizer.encode(prompt)
+    elif isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+        text, ids = None, prompt["prompt_token_ids"]
+        if isinstance(prompt.get("prompt"), str):
+            text = prompt["prompt"]
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise ValueError("prompt_token_ids must be a list of ints")
+    elif isinstance(prompt, dict) and isinstance(prompt.get("prompt"), str):
+        text, ids = prompt["prompt"], tokenizer.encode(prompt["prompt"])
+    elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        text, ids = None, prompt
+    else:
+        raise ValueError(
+            "a prompt must be a str, a list of token ids or {'prompt_token_ids': "
+            f"[...]}}, got {type(prompt).__name__}"
+        )
+    if not ids:
+        raise ValueError("prompt is empty")
+    if len(ids) >= max_model_len:
+        raise ValueError(
+            f"prompt has {len(ids)} tokens; max_model_len is {max_model_len} "
+            "(room for at least one new token is needed)"
+        )
+    if any(not 0 <= t < vocab_size for t in ids):
+        raise ValueError(f"prompt_token_ids must lie in [0, {vocab_size})")
+    return text, list(ids)
+
+
+def apply_token(
+    out: CompletionOutput,
+    detokenizer: Any,
+    token: int,
+    params: SamplingParams,
+    eos_token_ids: tuple[int, ...],
+    max_tokens: int,
+    at_max_model_len: bool,
+) -> SequenceStatus | None:
     """Append a sampled token to a completion; the FINISHED_* status if it ends it, else None."""
     out.token_ids.append(token)
     out.text += detokenizer.push(token)
@@ -104,17 +144,9 @@ class LLMEngine:
         request_id = request_id or f"req-{next(self._ids)}"
         if request_id in self._requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
-        text, token_ids = self._tokenize(prompt)
-        if not token_ids:
-            raise ValueError("prompt is empty")
-        if len(token_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {len(token_ids)} tokens; max_model_len is "
-                f"{self.max_model_len} (room for at least one new token is needed)"
-            )
-        vocab = self.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in token_ids):
-            raise ValueError(f"prompt_token_ids must lie in [0, {vocab})")
+        text, token_ids = prepare_prompt(
+            self.tokenizer, prompt, self.max_model_len, self.model_config.vocab_size
+        )
         max_tokens = min(params.max_tokens, self.max_model_len - len(token_ids))
         request = _Request(request_id, text, token_ids, params)
         for index in range(params.n):
@@ -160,10 +192,12 @@ class LLMEngine:
     def load_stats(self) -> dict[str, float]:
         """Queue and KV figures for metrics (the cluster engine offers the same keys)."""
         scheduler = self.scheduler
-        return {"num_requests_running": len(scheduler.running),
-                "num_requests_waiting": scheduler.num_waiting,
-                "kv_cache_usage": float(scheduler.pool.usage),
-                "num_preemptions": scheduler.num_preemptions}
+        return {
+            "num_requests_running": len(scheduler.running),
+            "num_requests_waiting": scheduler.num_waiting,
+            "kv_cache_usage": float(scheduler.pool.usage),
+            "num_preemptions": scheduler.num_preemptions,
+        }
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -204,26 +238,6 @@ class LLMEngine:
         return [self._snapshot(r) for r in done]
 
     # ---- helpers --------------------------------------------------------------------------
-    def _tokenize(
-        self, prompt: str | list[int] | dict[str, object]
-    ) -> tuple[str | None, list[int]]:
-        if isinstance(prompt, str):
-            return prompt, self.tokenizer.encode(prompt)
-        if isinstance(prompt, dict):
-            if "prompt_token_ids" in prompt:
-                ids = prompt["prompt_token_ids"]
-                if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-                    raise ValueError("prompt_token_ids must be a list of ints")
-                return None, list(ids)
-            if isinstance(prompt.get("prompt"), str):
-                return self._tokenize(str(prompt["prompt"]))
-            raise ValueError("a prompt dict needs 'prompt' or 'prompt_token_ids'")
-        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            return None, list(prompt)
-        raise ValueError(
-            f"a prompt must be a str or {{'prompt_token_ids': [...]}}, got {type(prompt).__name__}"
-        )
-
     def _record_logprobs(self, state: _Sample, token: int, result: object, row: int) -> None:
         logprob = result.logprobs[row]  # type: ignore[attr-defined]
         entry = {token: logprob}
@@ -234,9 +248,15 @@ class LLMEngine:
         state.output.cumulative_logprob = (state.output.cumulative_logprob or 0.0) + logprob
 
     def _on_token(self, request: _Request, state: _Sample, token: int) -> None:
-        status = apply_token(state.output, state.detokenizer, token, request.params,
-                             self.model_config.eos_token_ids, state.seq.max_tokens,
-                             state.seq.num_tokens >= self.max_model_len)
+        status = apply_token(
+            state.output,
+            state.detokenizer,
+            token,
+            request.params,
+            self.model_config.eos_token_ids,
+            state.seq.max_tokens,
+            state.seq.num_tokens >= self.max_model_len,
+        )
         if status is not None:
             self._finish(state, status)
 
