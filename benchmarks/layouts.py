@@ -102,9 +102,9 @@ def _print(name: str, rows: list[dict[str, Any]]) -> None:
         table.add_column(
             column, justify="left" if column in ("solver", "routing", "mode") else "right"
         )
+    skipped = [r for r in rows if "skipped" in r]
     for r in rows:
         if "skipped" in r:
-            table.add_row(r["solver"], "-", "-", "-", "-", f"skipped: {r['skipped']}")
             continue
         table.add_row(
             r["solver"],
@@ -119,7 +119,10 @@ def _print(name: str, rows: list[dict[str, Any]]) -> None:
             str(r["completed"]),
             f"{r['seconds']:.1f}",
         )
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    for r in skipped:
+        console.print(f"  {r['solver']}: skipped ({r['skipped']})")
 
 
 def main() -> None:

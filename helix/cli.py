@@ -259,9 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_plan(sub)
     _add_generate(sub)
-    from helix import bench_cli, manifests, node_cli, serve_cli, top_cli
+    from helix import (
+        bench_cli,
+        manifests,
+        node_cli,
+        profile_cli,
+        serve_cli,
+        simulate_cli,
+        top_cli,
+    )
 
-    for module in (serve_cli, node_cli, manifests, bench_cli, top_cli):
+    for module in (serve_cli, node_cli, manifests, bench_cli, top_cli, simulate_cli, profile_cli):
         module.add_parser(sub)
     return parser
 

@@ -57,7 +57,8 @@ def cluster_from_dict(data: Any, base_dir: Path | None = None) -> ClusterSpec:
     gpus = _gpus(data.get("gpus") or {})
     nodes = _nodes(data.get("nodes"), gpus)
     coordinator, coordinator_region, coordinator_address = _coordinator(
-        data.get("coordinator"), nodes)
+        data.get("coordinator"), nodes
+    )
     names = {node.name for node in nodes} | {coordinator}
     regions = {node.region for node in nodes} | {coordinator_region}
     network = _network(data.get("network") or {}, names, regions)
@@ -185,8 +186,11 @@ def _coordinator(value: Any, nodes: list[NodeSpec]) -> tuple[str, str, str | Non
     entry = _mapping(value, "coordinator")
     _check_keys(entry, {"name", "region", "address"}, "coordinator")
     address = entry.get("address")
-    return (str(entry.get("name", "coordinator")), str(entry.get("region", default_region)),
-            None if address is None else str(address))
+    return (
+        str(entry.get("name", "coordinator")),
+        str(entry.get("region", default_region)),
+        None if address is None else str(address),
+    )
 
 
 def _model_source(value: str, base_dir: Path | None) -> str:
@@ -259,7 +263,23 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
         if name not in gpus:
             raise SpecError(path, f"unknown GPU kind {name!r}")
         entry = _mapping(entry, path)
-        _check_keys(entry, {"max_layers", "tokens_per_s", "decode_layer_ms"}, path)
+        _check_keys(
+            entry,
+            {
+                "max_layers",
+                "tokens_per_s",
+                "decode_layer_ms",
+                "schema_version",
+                "model",
+                "dtype",
+                "prompt_layer_ms_by_tokens",
+                "decode_layer_ms_by_batch",
+            },
+            path,
+        )
+        from helix.planner.sim_compute import parse_layer_tables
+
+        tables = parse_layer_tables(entry, path)
         values = entry.get("tokens_per_s")
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path}.tokens_per_s", "must be a non-empty list [T(1), ..., T(max)]")
@@ -272,7 +292,11 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
         decode = entry.get("decode_layer_ms")
         try:
             profiles[str(name)] = Profile(
-                max_layers, tokens, None if decode is None else float(decode)
+                max_layers,
+                tokens,
+                None if decode is None else float(decode),
+                None if tables is None else tables.prompt_layer_ms_by_tokens,
+                None if tables is None else tables.decode_layer_ms_by_batch,
             )
         except SpecError as exc:
             raise SpecError(f"{path}.{exc.path}", exc.message) from None
@@ -313,11 +337,24 @@ def cluster_to_dict(cluster: ClusterSpec) -> dict[str, Any]:
         },
         "nodes": nodes,
         "network": network,
-        "coordinator": {"name": cluster.coordinator, "region": cluster.coordinator_region,
-                        **({"address": cluster.coordinator_address}
-                           if cluster.coordinator_address else {})},
-        "profiles": {
-            name: {"max_layers": p.max_layers, "tokens_per_s": list(p.tokens_per_s)}
-            for name, p in sorted(cluster.profiles.items())
+        "coordinator": {
+            "name": cluster.coordinator,
+            "region": cluster.coordinator_region,
+            **({"address": cluster.coordinator_address} if cluster.coordinator_address else {}),
         },
+        "profiles": {name: _profile_dict(p) for name, p in sorted(cluster.profiles.items())},
     }
+
+
+def _profile_dict(profile: Profile) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "max_layers": profile.max_layers,
+        "tokens_per_s": list(profile.tokens_per_s),
+    }
+    if profile.decode_layer_ms is not None:
+        out["decode_layer_ms"] = profile.decode_layer_ms
+    for key in ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch"):
+        table = getattr(profile, key)
+        if table is not None:
+            out[key] = {int(n): float(ms) for n, ms in table}
+    return out

@@ -2,6 +2,8 @@
 
 Admission order is FIFO: when the request at the head fits no route, later ones wait too. A
 request that fits no route even on an idle cluster is dropped (counted in `num_dropped`).
+Offline, at most `max_prefilling` admitted requests may still await their first token, so the
+cluster fills by ramping up instead of queueing every prompt KV allows at t = 0.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Coordinator:
         self.clock = None if process is None else process.start(config.seed)
         self.seats = config.seats_per_node
         self.limit = config.num_requests
+        self.max_prefilling = config.max_prefilling or 2 * len(sim.nodes)
+        self.prefilling = 0
+        """Admitted requests whose first token has not come back yet."""
         self.waiting: deque[Request] = deque()
         self.resident: set[Request] = set()
         self.routes: dict[tuple[int, ...], Route] = {}
@@ -69,9 +74,10 @@ class Coordinator:
     def admit(self, now: float) -> None:
         """Admit waiting requests (offline: new ones too) while each fits some route."""
         nodes, graph, seats = self.sim.nodes, self.sim.graph, self.seats
-        while True:
+        offline = self.clock is None
+        while not (offline and self.prefilling >= self.max_prefilling):
             if not self.waiting:
-                fresh = self._new_request(now) if self.clock is None else None
+                fresh = self._new_request(now) if offline else None
                 if fresh is None:
                     return
                 self.waiting.append(fresh)
@@ -119,6 +125,7 @@ class Coordinator:
             self.sim.nodes[v].seats += 1
         self.resident.add(request)
         self.num_admitted += 1
+        self.prefilling += 1
         prompt = request.prompt
         packet = Packet([request], route, True, prompt, 0, prompt * prompt, now)
         self.outbox.setdefault(route.nodes[0], []).append(packet)
@@ -155,9 +162,11 @@ class Coordinator:
         """Sample: record first tokens and decode steps, finish requests, send the next step."""
         rec = self.sim.rec
         next_step: dict[Route, list[Request]] = {}
-        finished = False
+        freed = False  # a request finished, or (offline) a prompt slot opened
         for packet in packets:
             if packet.is_prompt:
+                self.prefilling -= len(packet.reqs)
+                freed = freed or self.clock is None
                 for request in packet.reqs:
                     rec.first_token(now, now - request.arrival_s, request.prompt)
                 survivors = packet.reqs
@@ -168,7 +177,7 @@ class Coordinator:
                     request.done += 1
                     if request.done >= request.output:
                         self._release(request, now)
-                        finished = True
+                        freed = True
                     else:
                         survivors.append(request)
             if survivors:
@@ -182,6 +191,6 @@ class Coordinator:
             ctx = sum(r.prompt + r.done for r in reqs)
             packet = Packet(reqs, route, False, len(reqs), ctx, 0, now)
             outbox.setdefault(route.nodes[0], []).append(packet)
-        if finished:
+        if freed:
             self.admit(now)
         self.flush(now)

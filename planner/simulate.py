@@ -9,9 +9,10 @@ What is modelled (pure Python, deterministic for a seed):
 - **Requests.** A prompt pass, then one decode step per output token. Each pass walks the route
   coordinator -> node -> ... -> coordinator; decode step n+1 leaves when step n's token is back.
 - **Admission.** A routing policy (`sim_routing.py`) fixes the whole route; the request reserves
-  (prompt + output) x layers-run KV entries and one seat on every node of it, released when it
-  finishes. Requests that fit no route wait in FIFO order. `offline` keeps admitting new requests
-  while they fit; `online` draws arrivals (Poisson or MMPP, `sim_workload.py`).
+  (prompt + output) x layers-run KV entries on every node of it, released when it finishes.
+  Requests that fit no route wait in FIFO order. `offline` keeps admitting new requests while
+  they fit (at most `max_prefilling` awaiting their first token); `online` draws arrivals
+  (Poisson or MMPP, `sim_workload.py`).
 - **Nodes.** Continuous batching, one iteration at a time over everything queued: all queued decode
   steps, plus whole prompts up to `prompt_max_tokens`. An iteration costs, per layer run,
   `prompt_s(P) + decode_s(D)` from `sim_compute.py`.
@@ -59,6 +60,9 @@ class SimConfig:
     lengths: LengthSpec = field(default_factory=LengthSpec)
     num_requests: int | None = None
     """Stop creating requests after this many (the run then drains); None: no limit."""
+    max_prefilling: int | None = None
+    """Offline: admitted requests that may await their first token at once (a ramp-up instead
+    of a flood of prompts at t = 0); None: twice the plan's node count."""
     prompt_max_tokens: int = 2048
     """Prompt tokens one iteration may take (a longer prompt still runs, alone)."""
     max_batch_seqs: int | None = None
@@ -87,7 +91,7 @@ class SimConfig:
             raise ValueError(f"duration_s must be > 0, got {self.duration_s}")
         if not self.warmup_s >= 0:
             raise ValueError(f"warmup_s must be >= 0, got {self.warmup_s}")
-        for name in ("num_requests", "max_seqs_per_node", "max_batch_seqs"):
+        for name in ("num_requests", "max_seqs_per_node", "max_batch_seqs", "max_prefilling"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")

@@ -110,6 +110,10 @@ class Profile:
     tokens_per_s: tuple[float, ...]
     decode_layer_ms: float | None = None
     """Optional measured time of one decode step per layer, used only for latency estimates."""
+    prompt_layer_ms_by_tokens: tuple[tuple[int, float], ...] | None = None
+    """Measured per-layer prompt time against batch tokens (`helix profile`), for the simulator."""
+    decode_layer_ms_by_batch: tuple[tuple[int, float], ...] | None = None
+    """Measured per-layer decode step time against batch size (`helix profile`)."""
 
     def __post_init__(self) -> None:
         if self.max_layers < 1:

@@ -46,14 +46,16 @@ def run(spec: ClusterSpec, plan: Plan, config: SimConfig) -> Simulator:
 
 
 def test_one_node_runs_at_the_cost_models_lockstep_bound() -> None:
-    # 256 requests of 750 + 240 tokens on one H100 holding all 32 layers. A prompt cap above
-    # 256 * 750 makes them prefill together and decode in lockstep, so one cycle is one prefill
-    # of 256 prompts plus 240 decode steps of 256 sequences, through 32 layers.
+    # 256 requests of 750 + 240 tokens on one H100 holding all 32 layers. Admitting all at once
+    # with a prompt cap above 256 * 750 makes them prefill together and decode in lockstep, so
+    # one cycle is one prefill of 256 prompts plus 240 decode steps of 256 sequences, through
+    # 32 layers.
     spec = cluster([("h0", "H100")])
     plan = plan_of(spec, {"h0": (0, 32)})
     config = SimConfig(
         lengths=FIXED,
         max_seqs_per_node=256,
+        max_prefilling=256,
         prompt_max_tokens=10**6,
         duration_s=300,
         warmup_s=30,
@@ -119,7 +121,8 @@ def test_kv_admission_never_exceeds_capacity_and_queues_the_rest() -> None:
         gpus={"small": {"memory_gb": 8, "bf16_tflops": 100, "hbm_gbps": 500}},
     )
     plan = plan_of(spec, {f"s{i}": (8 * i, 8 * i + 8) for i in range(4)})
-    sim = run(spec, plan, SimConfig(lengths=FIXED, duration_s=60, warmup_s=5))
+    config = SimConfig(lengths=FIXED, max_prefilling=10_000, duration_s=60, warmup_s=5)
+    sim = run(spec, plan, config)
     result = sim.result(wall_s=0.0)
     per_request = 990 * 8
     for node in sim.nodes:

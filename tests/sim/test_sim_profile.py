@@ -49,7 +49,7 @@ def test_profile_writes_a_profile_that_loads_back_and_simulates(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     from helix.config import cluster_from_dict
-    from helix.planner.sim_compute import profile_tables
+    from helix.planner.sim_workload import LengthSpec
     from helix.planner.simulate import SimConfig, simulate
     from helix.planning import plan
 
@@ -78,7 +78,6 @@ def test_profile_writes_a_profile_that_loads_back_and_simulates(
     for points in (tables.prompt_layer_ms_by_tokens, tables.decode_layer_ms_by_batch):
         times = [ms for _, ms in points]
         assert times == sorted(times) and times[0] > 0
-    assert profile_tables(profile) is None  # a plain Profile carries no tables (yet)
 
     cluster = cluster_from_dict(
         {
@@ -89,10 +88,11 @@ def test_profile_writes_a_profile_that_loads_back_and_simulates(
             "profiles": {"cpu": {"max_layers": 3, "tokens_per_s": list(profile.tokens_per_s)}},
         }
     )
+    short = LengthSpec(kind="fixed", prompt_mean_tokens=64, output_mean_tokens=8)
     result = simulate(
         cluster,
         plan(cluster, "greedy"),
-        SimConfig(duration_s=20, warmup_s=2),
+        SimConfig(lengths=short, duration_s=60, warmup_s=2),
         tables={"cpu": tables},
     )
     assert result.total_tokens_per_s > 0 and result.num_completed > 0
@@ -112,3 +112,26 @@ def test_load_profile_names_bad_fields(tmp_path: Path) -> None:
     path.write_text("cpu: {schema_version: 2}\n")
     with pytest.raises(SpecError, match="cpu.schema_version"):
         profile_cli.load_profile(path)
+
+
+def test_profile_tables_reads_the_fields_a_profile_will_carry() -> None:
+    from types import SimpleNamespace
+
+    from helix.planner.sim_compute import TableCost, parse_layer_tables, profile_tables
+    from helix.planner.spec import SpecError
+
+    entry = {
+        "prompt_layer_ms_by_tokens": {1: 0.5, 16: 2.0},
+        "decode_layer_ms_by_batch": {1: 0.4, 8: 0.8},
+    }
+    tables = parse_layer_tables(entry, "profiles.cpu")
+    assert tables is not None
+    pairs = SimpleNamespace(**{key: tuple(value.items()) for key, value in entry.items()})
+    assert profile_tables(SimpleNamespace(**entry)) == tables == profile_tables(pairs)  # type: ignore[arg-type]
+    cost = TableCost(tables)
+    assert cost.prompt_s(16, 0) == pytest.approx(2.0e-3)
+    assert cost.prompt_s(31, 0) == pytest.approx(3.5e-3)  # last slope (0.1 ms/token) beyond
+    assert cost.decode_s(4, 0) == pytest.approx((0.4 + 0.4 * 3 / 7) * 1e-3)
+    assert parse_layer_tables({}, "profiles.cpu") is None
+    with pytest.raises(SpecError, match="profiles.cpu.decode_layer_ms_by_batch"):
+        parse_layer_tables({"prompt_layer_ms_by_tokens": {1: 1.0}}, "profiles.cpu")
