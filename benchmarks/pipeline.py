@@ -53,7 +53,7 @@ def cluster(model: Path, names: list[str], kinds: dict[str, str] | None = None):
     return cluster_from_dict(
         {
             "model": str(model),
-            "gpus": {"fast": spec, "slow": spec},
+            "gpus": {"fast": spec, "slow": spec, "big": spec},
             "nodes": [{"name": n, "gpu": kinds.get(n, "fast")} for n in names],
             "network": {"default": {"gbps": 10, "latency_ms": 0.1}},
             "profiles": {
@@ -117,7 +117,7 @@ def main() -> None:
         )
     # Routing quality on unequal nodes: a [0, 4) feeding b_fast and b_slow holding [4, 8).
     names = ["a", "b_fast", "b_slow"]
-    spec = cluster(model, names, {"b_slow": "slow"})
+    spec = cluster(model, names, {"a": "big", "b_slow": "slow"})
     placement = {"a": (0, 4), "b_fast": (4, 8), "b_slow": (4, 8)}
     plan = build_plan(
         build_problem(spec), placement, solver=SolverInfo("manual", 0, "manual"), bound=0
