@@ -67,7 +67,7 @@ class LLM:
         prompts: list[Prompt] = []
         for conversation in conversations:
             text = self.engine.tokenizer.apply_chat_template(
-                conversation,  # type: ignore[arg-type]
+                conversation,
                 add_generation_prompt=True,
             )
             prompts.append(

@@ -101,7 +101,9 @@ def draw_plan(plan: Plan, path: str | Path) -> None:
         f"{plan.stats.hops_max} hops",
         fontsize=9,
     )
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour[kind]) for kind in kinds]
+    from matplotlib.patches import Rectangle
+
+    handles = [Rectangle((0, 0), 1, 1, color=colour[kind]) for kind in kinds]
     ax.legend(handles, kinds, loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

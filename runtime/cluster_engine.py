@@ -322,7 +322,8 @@ class ClusterEngine:
 
     def _send_batch(self, first: str, group: list[_ClusterRequest]) -> None:
         batch_id = next(self._batch_ids)
-        work, budget = [], self.max_batch_tokens
+        work: list[SeqWork] = []
+        budget = self.max_batch_tokens
         for request in group:
             remaining = len(request.tokens) - request.num_computed
             n = min(remaining, max(1, budget)) if work else remaining

@@ -27,6 +27,10 @@ _FINISH = {
 }
 
 
+def _salt(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def prepare_prompt(
     tokenizer: Any, prompt: Any, max_model_len: int, vocab_size: int
 ) -> tuple[str | None, list[int]]:
@@ -155,10 +159,10 @@ class LLMEngine:
                 request_id=f"{request_id}#{index}",
                 prompt_token_ids=list(token_ids),
                 max_tokens=max_tokens,
-                priority=int(params.extra.get("priority", 0)),
-                cache_salt=params.extra.get("cache_salt"),
+                priority=int(str(params.extra.get("priority", 0))),
+                cache_salt=_salt(params.extra.get("cache_salt")),
                 params=params,
-            )  # type: ignore[arg-type]
+            )
             sample_state = _Sample(
                 seq,
                 CompletionOutput(index, logprobs=[] if params.logprobs is not None else None),

@@ -236,7 +236,7 @@ def _tensor(meta: Any, payload: bytes | memoryview | None) -> Tensor:
 def _check_types(message: Message) -> None:
     for f in fields(message):
         value = getattr(message, f.name)
-        expected = {
+        expected: Any = {
             "str": str,
             "int": int,
             "float": (int, float),

@@ -55,8 +55,10 @@ def batch_inputs(items: list[SeqSlice], block_size: int, device: torch.device) -
         ids += item.token_ids
         positions += range(item.begin, item.end)
         table = item.block_table
-        slots += [table[p // block_size] * block_size + p % block_size
-                  for p in range(item.begin, item.end)]
+        slots += [
+            table[p // block_size] * block_size + p % block_size
+            for p in range(item.begin, item.end)
+        ]
         seq_lens.append(item.end)
         starts.append(starts[-1] + item.end - item.begin)
         tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
@@ -70,14 +72,23 @@ def batch_inputs(items: list[SeqSlice], block_size: int, device: torch.device) -
         query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
         is_decode=all(item.end - item.begin == 1 for item in items),
     )
-    return StepInputs(torch.tensor(ids, dtype=torch.int64, device=device),
-                      torch.tensor(positions, dtype=torch.int64, device=device), meta,
-                      torch.tensor(logits_indices, dtype=torch.int64, device=device), sampled_rows)
+    return StepInputs(
+        torch.tensor(ids, dtype=torch.int64, device=device),
+        torch.tensor(positions, dtype=torch.int64, device=device),
+        meta,
+        torch.tensor(logits_indices, dtype=torch.int64, device=device),
+        sampled_rows,
+    )
 
 
 class ModelRunner:
-    def __init__(self, stage: torch.nn.Module, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                 block_size: int, device: torch.device) -> None:
+    def __init__(
+        self,
+        stage: torch.nn.Module,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        block_size: int,
+        device: torch.device,
+    ) -> None:
         self.stage = stage
         self.kv_caches = kv_caches
         self.block_size = block_size
@@ -99,13 +110,20 @@ class ModelRunner:
         self.copy_blocks(out.block_copies)
         if not out.scheduled:
             return None, []
-        items = [SeqSlice(seq.all_token_ids[seq.num_computed_tokens:seq.num_computed_tokens + n],
-                          seq.num_computed_tokens, seq.num_computed_tokens + n, seq.block_table,
-                          seq.num_computed_tokens + n == seq.num_tokens)
-                 for seq, n in out.scheduled]
+        items = [
+            SeqSlice(
+                seq.all_token_ids[seq.num_computed_tokens : seq.num_computed_tokens + n],
+                seq.num_computed_tokens,
+                seq.num_computed_tokens + n,
+                seq.block_table,
+                seq.num_computed_tokens + n == seq.num_tokens,
+            )
+            for seq, n in out.scheduled
+        ]
         step = batch_inputs(items, self.block_size, self.device)
         hidden = self.stage(step.input_ids, step.positions, self.kv_caches, step.meta)
         if not step.sampled_rows:
             return None, []
         sampled = [out.scheduled[row][0] for row in step.sampled_rows]
-        return self.stage.compute_logits(hidden[step.logits_indices]), sampled
+        logits: torch.Tensor = self.stage.compute_logits(hidden[step.logits_indices])  # type: ignore[operator]
+        return logits, sampled

@@ -31,7 +31,7 @@ class FlowRouter:
     ) -> list[str] | None:
         """Nodes from the first stage to the last, or None when no allowed route exists."""
         taken: list[tuple[str, str, float]] = []
-        node, path = COORDINATOR, []
+        node, path = COORDINATOR, list[str]()
         while True:
             best: tuple[float, str, float] | None = None
             for v, f in self.edges.get(node, []):
