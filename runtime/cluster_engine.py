@@ -311,12 +311,21 @@ class ClusterEngine:
             for r in self.requests.values()
             if r.route is not None and r.in_flight is None and not r.finished
         ]
+        if not ready:
+            return
         by_first: dict[str, list[_ClusterRequest]] = {}
+        in_flight: dict[str, set[int]] = {}
+        for request in self.requests.values():
+            if request.route is not None and request.in_flight is not None:
+                in_flight.setdefault(request.route[0], set()).add(request.in_flight)
         for request in ready:
             by_first.setdefault(request.route[0], []).append(request)  # type: ignore[index]
         for first, group in by_first.items():
-            # Several micro-batches per first node keep every stage of the pipeline busy.
-            num_batches = min(len(group), self.num_stages)
+            # NOTE(helix): about `num_stages` micro-batches in flight keep every stage busy. A batch
+            # that comes back is sent on whole: splitting every return would halve the batches
+            # each round until every request travels alone.
+            free = self.num_stages - len(in_flight.get(first, ()))
+            num_batches = max(1, min(len(group), free))
             for part in range(num_batches):
                 self._send_batch(first, group[part::num_batches])
 
