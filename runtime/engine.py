@@ -102,7 +102,6 @@ class _Sample:
     output: CompletionOutput
     detokenizer: object
     generator: torch.Generator | None
-    started: bool = False
 
 
 @dataclass

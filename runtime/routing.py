@@ -53,21 +53,3 @@ class FlowRouter:
                 return path
             path.append(nxt)
             node = nxt
-
-
-class RoundRobinRouter:
-    """Baseline for benchmarks: cycle through the distinct full routes of a flow."""
-
-    def __init__(self, routes: list[list[str]]) -> None:
-        self.routes = routes
-        self.next = 0
-
-    def route(
-        self, weight: float, allowed: Callable[[str], bool] = lambda node: True
-    ) -> list[str] | None:
-        for _ in range(len(self.routes)):
-            candidate = self.routes[self.next % len(self.routes)]
-            self.next += 1
-            if all(allowed(n) for n in candidate):
-                return candidate
-        return None

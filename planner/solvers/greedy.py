@@ -51,7 +51,7 @@ def _cover(
     return pipelines
 
 
-def _rates(problem: Problem, nodes: list[NodeCapacity]) -> list[float]:
+def _rates(nodes: list[NodeCapacity]) -> list[float]:
     rates = {min(t, n.nic_tokens_per_s) for n in nodes for t in n.tokens_per_s}
     return sorted(rates, reverse=True)
 
@@ -94,7 +94,7 @@ def pipeline_placement(problem: Problem, max_hops: int | None = None) -> dict[st
     placement: dict[str, tuple[int, int]] = {}
     while free:
         best: tuple[float, list[list[tuple[int, str]]]] = (0.0, [])
-        for rate in _rates(problem, free):
+        for rate in _rates(free):
             pipelines = [
                 _by_region(problem, group) for group in _pack(problem, free, rate, max_hops)
             ]

@@ -70,11 +70,9 @@ def node_classes(problem: Problem, bound: float = INF) -> list[NodeClass]:
     ]
 
 
-def region_links(
-    problem: Problem, bound: float
-) -> tuple[dict[tuple[str, str], tuple[float, float]], bool]:
-    """Per region pair: (relaxed, conservative) per-node-pair rate; inf when links never bind.
-    Also whether the hub model is exact (intra-region links never bind and exist everywhere)."""
+def region_links(problem: Problem, bound: float) -> tuple[dict[tuple[str, str], float], bool]:
+    """Per region pair: the slowest node-pair rate (inf when no link of the pair binds, 0 when a
+    pair lacks a link). Also whether intra-region links never bind and exist everywhere."""
 
     def top(node: NodeCapacity) -> float:
         return min(bound, node.nic_tokens_per_s, max(node.tokens_per_s))
@@ -91,7 +89,7 @@ def region_links(
                 rate = INF
             rates.setdefault((a.region, b.region), []).append(rate)
     exact = all(min(values) == INF for (ra, rb), values in rates.items() if ra == rb)
-    return {pair: (max(values), min(values)) for pair, values in rates.items()}, exact
+    return {pair: min(values) for pair, values in rates.items()}, exact
 
 
 @dataclass
@@ -120,10 +118,9 @@ def _parse_log(line: str) -> tuple[float, float] | None:
 def _build_and_solve(
     problem: Problem,
     classes: list[NodeClass],
-    links: dict[tuple[str, str], tuple[float, float]],
+    links: dict[tuple[str, str], float],
     bound: float,
     max_hops: int | None,
-    conservative: bool,
     seconds: float,
     floor: float,
     on_log: Callable[[float, float], None] | None,
@@ -192,13 +189,11 @@ def _build_and_solve(
         if per_class:
             model.add_linear_constraint(sum(per_class) <= members)
     regions = sorted({cls.region for cls in classes})
-    sizes = {r: sum(len(c.members) for c in classes if c.region == r) for r in regions}
     for b in range(1, num_layers):
         transfers: dict[tuple[str, str, int], mathopt.Variable] = {}
         for ra in regions:
             for rb in regions:
-                relaxed, strict = links.get((ra, rb), (0.0, 0.0))
-                rate = strict if conservative else relaxed
+                rate = links.get((ra, rb), 0.0)
                 if ra == rb or rate <= 0:
                     continue
                 for h in hop_set:
@@ -208,10 +203,9 @@ def _build_and_solve(
                     continue
                 total = sum(transfers[(ra, rb, h)] for h in hop_set)
                 ends, starts = ending.get((ra, b), []), starting.get((rb, b), [])
-                scale_end = 1 if conservative else sizes[rb]
-                scale_start = 1 if conservative else sizes[ra]
-                model.add_linear_constraint(total <= rate * scale_end * sum(ends))
-                model.add_linear_constraint(total <= rate * scale_start * sum(starts))
+                # Conservative: min(#ending, #starting) node pairs, each at `rate`.
+                model.add_linear_constraint(total <= rate * sum(ends))
+                model.add_linear_constraint(total <= rate * sum(starts))
         for r in regions:
             for h in hop_set:
                 inflow = arcs_in.get((r, b, h), [])
@@ -337,7 +331,7 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
     classes = node_classes(problem, bound)
     links, intra_exact = region_links(problem, bound)
     # The conservative model is exact when no inter-region link binds; then its bound is valid.
-    binding = any(strict < INF for (ra, rb), (_, strict) in links.items() if ra != rb)
+    binding = any(rate < INF for (ra, rb), rate in links.items() if ra != rb)
     exact = intra_exact and not binding
     proven = bound
     optimal = False
@@ -348,7 +342,6 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
         links,
         bound,
         options.max_hops,
-        True,
         budget * (1.0 if exact else 0.7),
         best_value if exact else 0.0,
         on_log,
