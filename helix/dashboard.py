@@ -36,6 +36,7 @@ _COUNTERS = {
 _NODE_GAUGES = {
     "kv_cache_usage_perc": "kv_usage",
     "node_tokens_per_second": "tokens_per_s",
+    "node_up": "up",
     "num_requests_running": "num_running",
     "num_requests_waiting": "num_waiting",
 }
@@ -53,6 +54,8 @@ class NodeStats:
     tokens_per_s: float | None = None
     num_running: float | None = None
     num_waiting: float | None = None
+    up: float | None = None
+    """1 while the node answers heartbeats, 0 once the coordinator lost it."""
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,8 @@ def _node_table(snapshot: Snapshot) -> Any:
         layers = "-" if n.layer_start is None else f"[{n.layer_start}, {n.layer_end})"
         kv = "-" if n.kv_usage is None else usage_bar(n.kv_usage)
         queue = (_fmt(n.num_running, ".0f"), _fmt(n.num_waiting, ".0f"))
-        table.add_row(n.node, n.gpu_kind, layers, kv, _fmt(n.tokens_per_s), *queue)
+        name = f"{n.node} [bold red](down)[/]" if n.up == 0 else n.node
+        table.add_row(name, n.gpu_kind, layers, kv, _fmt(n.tokens_per_s), *queue)
     return table
 
 

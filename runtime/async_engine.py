@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .node_load import Edge, NodeLoad
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
@@ -82,12 +83,14 @@ class AsyncEngine:
     def __init__(self, engine: LLMEngine, rate_window_s: float = 10.0) -> None:
         self.engine = engine
         self.rate_window_s = rate_window_s
+        self.idle_tick_s = 0.5
         self._commands: queue.SimpleQueue[_Add | _Abort | _Stop] = queue.SimpleQueue()
         self._sinks: dict[str, _Add] = {}  # engine thread only
         self._counters = _Counters()  # engine thread only
         self._error: BaseException | None = None
         self._is_stopping = False
         self._stats: dict[str, float] = {}
+        self._topology: Topology = Topology([], {}, {})
         self._publish_stats()
         self._thread = threading.Thread(target=self._run, name="helix-engine", daemon=True)
         self._thread.start()
@@ -149,6 +152,10 @@ class AsyncEngine:
         """The latest engine counters as a plain dict (published by the engine thread)."""
         return dict(self._stats)
 
+    def topology(self) -> Topology:
+        """The latest per-node loads, routed-request counts and planned flows."""
+        return self._topology
+
     def shutdown(self, timeout_s: float = 30.0) -> None:
         """Abort everything in flight, stop the thread and wait for it."""
         self._is_stopping = True
@@ -164,7 +171,7 @@ class AsyncEngine:
         try:
             while True:
                 busy = self.engine.has_unfinished_requests()
-                commands = [self._commands.get()] if not busy else []
+                commands = [] if busy else self._wait_idle()
                 while True:
                     try:
                         commands.append(self._commands.get_nowait())
@@ -187,6 +194,18 @@ class AsyncEngine:
             self._sinks.clear()
             self._publish_stats()
             self._refuse_until_stopped(RuntimeError(f"engine failed: {exc}"))
+
+    def _wait_idle(self) -> list[_Add | _Abort | _Stop]:
+        """Block for the next command; an engine with `idle_tick` (a cluster coordinator reading
+        heartbeats) gets one every `idle_tick_s` meanwhile."""
+        tick = getattr(self.engine, "idle_tick", None)
+        if tick is None:
+            return [self._commands.get()]
+        try:
+            return [self._commands.get(timeout=self.idle_tick_s)]
+        except queue.Empty:
+            tick()
+            return []
 
     def _refuse_until_stopped(self, error: RuntimeError) -> None:
         while not isinstance(command := self._commands.get(), _Stop):
@@ -251,6 +270,9 @@ class AsyncEngine:
 
     def _publish_stats(self) -> None:
         load = self.engine.load_stats()
+        self._topology = Topology(
+            self.engine.node_loads(), self.engine.routed_counts(), self.engine.planned_flows()
+        )
         counters = self._counters
         horizon = time.monotonic() - self.rate_window_s
         while counters.recent and counters.recent[0][0] < horizon:
@@ -266,6 +288,17 @@ class AsyncEngine:
             "generation_tokens": counters.num_generation_tokens,
             "tokens_per_second": sum(n for _, n in counters.recent) / self.rate_window_s,
         }
+
+
+@dataclass(frozen=True)
+class Topology:
+    """What the engine thread publishes about the nodes behind it (replaced whole, never edited)."""
+
+    nodes: list[NodeLoad]
+    routed: dict[Edge, int]
+    """Requests that crossed each edge so far."""
+    planned: dict[Edge, float]
+    """Tokens/s the current plan sends over each edge (empty for one node)."""
 
 
 def _snapshot(output: RequestOutput) -> RequestOutput:

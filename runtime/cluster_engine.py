@@ -20,6 +20,7 @@ from typing import Any
 
 from .engine import apply_token, prepare_prompt
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
+from .node_load import Edge, NodeLoad, route_edges
 from .outputs import CompletionOutput, RequestOutput
 from .routing import FlowRouter
 from .sampling_params import SamplingParams
@@ -41,6 +42,7 @@ class NodeInfo:
     incarnation: int = 0
     last_seen: float = 0.0
     tokens_per_s: float = 0.0
+    gpu_kind: str = "unknown"
 
 
 @dataclass
@@ -96,7 +98,9 @@ class ClusterEngine:
         self._batch_ids = itertools.count(1)
         self._ids = itertools.count()
         self.num_stages = max(1, len({n.layers for n in nodes}))
+        self.routed: dict[Edge, int] = {}
         self.on_shutdown: Any = None
+        self.is_shut_down = False
 
     # ---- lifecycle ------------------------------------------------------------------------
     def wait_for_nodes(self, timeout_s: float = 120.0, check: Any = None) -> None:
@@ -119,7 +123,10 @@ class ClusterEngine:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Tell every node to stop and close the coordinator's sockets."""
+        """Tell every node to stop and close the coordinator's sockets (once; later calls no-op)."""
+        if self.is_shut_down:
+            return
+        self.is_shut_down = True
         for node in self.nodes.values():
             self.endpoint.send(node.address, Shutdown("coordinator shutting down"))
         time.sleep(0.1)
@@ -169,6 +176,28 @@ class ClusterEngine:
             "num_preemptions": sum(r.num_reroutes for r in self.requests.values()),
         }
 
+    def node_loads(self) -> list[NodeLoad]:
+        """Every node: placement, KV reserved by routed requests, the rate its heartbeats report."""
+        return [
+            NodeLoad(
+                n.name,
+                n.gpu_kind,
+                n.layers,
+                n.reserved_blocks / n.num_kv_blocks if n.num_kv_blocks else 0.0,
+                n.tokens_per_s if n.alive else 0.0,
+                n.alive,
+            )
+            for n in self.nodes.values()
+        ]
+
+    def routed_counts(self) -> dict[Edge, int]:
+        """Requests that crossed each edge (a rerouted request counts on each of its routes)."""
+        return dict(self.routed)
+
+    def planned_flows(self) -> dict[Edge, float]:
+        """The flows requests are routed by now (re-planned when nodes die or rejoin)."""
+        return {(u, v): f for u, edges in self.router.edges.items() for v, f in edges}
+
     def pop_finished(self) -> list[RequestOutput]:
         done = [r for r in self.requests.values() if r.finished]
         for request in done:
@@ -182,6 +211,11 @@ class ClusterEngine:
         self._admit(changed)
         self._dispatch()
         return [self._snapshot(self.requests[r]) for r in sorted(changed) if r in self.requests]
+
+    def idle_tick(self) -> None:
+        """Read heartbeats and check liveness while no request runs (nothing to dispatch)."""
+        changed = self._receive(0.0)
+        self._check_liveness(changed)
 
     def _ready(self) -> bool:
         return any(r.in_flight is None and not r.finished for r in self.requests.values())
@@ -206,10 +240,18 @@ class ClusterEngine:
             node.num_kv_blocks, node.block_size = msg.num_kv_blocks, msg.block_size
         else:
             node.tokens_per_s = msg.tokens_per_s
-        rejoined = not node.alive or node.incarnation != msg.incarnation
+        restarted = node.alive and node.incarnation != msg.incarnation
+        rejoined = not node.alive or restarted
         node.incarnation, node.last_seen, node.alive = msg.incarnation, time.monotonic(), True
-        if rejoined and self.reroute is not None:
-            self.router = FlowRouter(self.reroute(self._alive_names()))
+        if restarted:  # a new process under the old name: the KV of its requests is gone
+            log.warning("node %s restarted: its requests replay on new routes", node.name)
+            for request in self.requests.values():
+                if request.route and node.name in request.route and not request.finished:
+                    self._unroute(request, f"node {node.name} restarted")
+        if rejoined:
+            log.info("node %s joined (incarnation %d)", node.name, msg.incarnation)
+            if self.reroute is not None:
+                self.router = FlowRouter(self.reroute(self._alive_names()))
 
     def _alive_names(self) -> set[str]:
         return {n.name for n in self.nodes.values() if n.alive}
@@ -298,6 +340,8 @@ class ClusterEngine:
                     changed.add(request.request_id)
                 continue  # no KV room now: wait
             request.route, request.reserved = route, num_tokens
+            for edge in route_edges(route)[:-1]:
+                self.routed[edge] = self.routed.get(edge, 0) + 1
             for name in route:
                 node = self.nodes[name]
                 node.reserved_blocks += -(-num_tokens // node.block_size)
@@ -361,6 +405,9 @@ class ClusterEngine:
 
     def _finish(self, request: _ClusterRequest, reason: str) -> None:
         request.output.finish_reason = reason
+        if request.route:
+            edge = route_edges(request.route)[-1]
+            self.routed[edge] = self.routed.get(edge, 0) + 1
         self._release(request)
 
     def _release(self, request: _ClusterRequest) -> None:

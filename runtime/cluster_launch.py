@@ -58,7 +58,7 @@ def start_local_nodes(
     save_plan(plan, plan_file)
     processes = []
     for name in names:
-        log = open(workdir / f"{name}.log", "wb")  # noqa: SIM115 (owned by the child)
+        log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 (owned by the child)
         processes.append(
             subprocess.Popen(
                 [
@@ -117,12 +117,14 @@ def build_cluster_engine(
             "coordinator.address: the cluster file must give the coordinator an "
             "address (e.g. tcp://10.0.0.1:7000)"
         )
-    addresses = {node.name: node.address for node in cluster.nodes}
+    specs = {node.name: node for node in cluster.nodes}
     infos = []
     for name, node_plan in sorted(plan.nodes.items()):
-        if not addresses.get(name):
+        spec = specs.get(name)
+        if spec is None or not spec.address:
             raise ValueError(f"nodes: {name} is in the plan but has no address in the cluster file")
-        infos.append(NodeInfo(name, str(addresses[name]), (node_plan.start, node_plan.end)))
+        layers = (node_plan.start, node_plan.end)
+        infos.append(NodeInfo(name, spec.address, layers, gpu_kind=spec.gpu))
     config = read_model_config(model)
     if config.num_layers != plan.num_layers:
         raise ValueError(
@@ -167,8 +169,9 @@ class LocalCluster:
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
         given = {node.name for node in cluster.nodes if node.address}
-        self.local_names = sorted(start if start is not None else
-                                  (name for name in plan.nodes if name not in given))
+        self.local_names = sorted(
+            start if start is not None else (name for name in plan.nodes if name not in given)
+        )
         self.cluster = with_local_addresses(cluster, plan, self.workdir)
         self.plan = plan
         node_args = list(node_args or [])
@@ -177,8 +180,9 @@ class LocalCluster:
             # makes every process spin in OpenMP barriers (measured: 3x slower on 2 cores).
             share = max(1, (os.cpu_count() or 1) // len(self.local_names))
             node_args += ["--threads", str(share)]
+        self._node_args = (node_args, per_node_args)
         self.processes = start_local_nodes(
-            self.cluster, plan, self.workdir, self.model, self.local_names, node_args, per_node_args
+            self.cluster, plan, self.workdir, self.model, self.local_names, *self._node_args
         )
         try:
             self.engine = build_cluster_engine(
@@ -188,6 +192,19 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
+
+    def restart(self, name: str) -> None:
+        """Start local node `name` again (after it died or was killed); it rejoins on Hello."""
+        if name not in self.local_names:
+            raise ValueError(f"name: {name!r} is not a local node of this cluster")
+        index = self.local_names.index(name)
+        old = self.processes[index]
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+        self.processes[index] = start_local_nodes(
+            self.cluster, self.plan, self.workdir, self.model, [name], *self._node_args
+        )[0]
 
     def _check_processes(self) -> None:
         for name, process in zip(self.local_names, self.processes):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .engine_config import EngineConfig
+from .node_load import Edge, NodeLoad, TokenRate, route_edges
 from .outputs import CompletionOutput, RequestOutput
 from .sampler import prepare, sample
 from .sampling_params import SamplingParams
@@ -134,6 +135,8 @@ class LLMEngine:
         self._requests: dict[str, _Request] = {}
         self._by_seq: dict[str, tuple[_Request, _Sample]] = {}
         self._ids = itertools.count()
+        self._rate = TokenRate()
+        self._routed: dict[Edge, int] = {}
         torch.manual_seed(config.seed)
 
     # ---- requests -------------------------------------------------------------------------
@@ -174,7 +177,11 @@ class LLMEngine:
         self._requests[request_id] = request
         self.scheduler.add(request.samples[0].seq)
         self._collect_errors(request)
+        self._count_edge(route_edges(["node0"])[0])
         return request_id
+
+    def _count_edge(self, edge: Edge) -> None:
+        self._routed[edge] = self._routed.get(edge, 0) + 1
 
     def abort_request(self, request_id: str) -> None:
         request = self._requests.get(request_id)
@@ -202,11 +209,29 @@ class LLMEngine:
             "num_preemptions": scheduler.num_preemptions,
         }
 
+    def node_loads(self) -> list[NodeLoad]:
+        """This engine as the one node of its route (the cluster engine lists every node)."""
+        device = getattr(self.runner, "device", None)
+        kind = "cpu"
+        if getattr(device, "type", "cpu") == "cuda":
+            kind = str(torch.cuda.get_device_name(device))
+        layers = (0, int(self.model_config.num_layers))
+        usage = float(self.scheduler.pool.usage)
+        return [NodeLoad("node0", kind, layers, usage, self._rate.per_second())]
+
+    def routed_counts(self) -> dict[Edge, int]:
+        """Requests that crossed each edge: into the node when added, out when finished."""
+        return dict(self._routed)
+
+    def planned_flows(self) -> dict[Edge, float]:
+        return {}
+
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """One scheduler step; returns the requests that changed (finished ones last time)."""
         out = self.scheduler.schedule()
         logits, sampled = self.runner.execute(out)
+        self._rate.add(out.total_num_scheduled_tokens)
         tokens: dict[str, list[int]] = {}
         changed: set[str] = set()
         if logits is not None:
@@ -236,6 +261,7 @@ class LLMEngine:
         done = [r for r in self._requests.values() if r.finished]
         for request in done:
             del self._requests[request.request_id]
+            self._count_edge(route_edges(["node0"])[-1])
             for s in request.samples:
                 self._by_seq.pop(s.seq.request_id, None)
         return [self._snapshot(r) for r in done]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.metrics_core import Metric
 
+from .node_load import Edge, NodeLoad
 from .outputs import RequestOutput
 
 # fmt: off
@@ -34,8 +34,9 @@ METRICS: tuple[tuple[str, type, tuple[str, ...], str], ...] = (
     ("num_requests_running", Gauge, (), "Requests in the engine's running batch."),
     ("num_requests_waiting", Gauge, (), "Requests waiting to be scheduled."),
     ("kv_cache_usage_perc", Gauge, ("node", "gpu_kind"), "KV block usage; 1 means 100 percent."),
-    ("node_tokens_per_second", Gauge, ("node",), "Tokens a node generated per second (window)."),
+    ("node_tokens_per_second", Gauge, ("node",), "Tokens through a node per second."),
     ("node_info", Gauge, ("node", "gpu_kind", "layer_start", "layer_end"), "1 per node."),
+    ("node_up", Gauge, ("node",), "1 while the node answers heartbeats, 0 once it is lost."),
     ("planned_flow_tokens_per_second", Gauge, ("src", "dst"), "Planned flow on a routing edge."),
     ("prompt_tokens", Counter, (), "Prefilled prompt tokens."),
     ("generation_tokens", Counter, (), "Generated tokens."),
@@ -61,18 +62,6 @@ _ENGINE_COUNTERS = {
     "prefix_cache_queries": "prefix_cache_queries",
     "prefix_cache_hits": "prefix_cache_hits",
 }
-COORDINATOR = "coordinator"
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What `helix:node_info` exports for one node; layers are [layer_start, layer_end)."""
-
-    node: str
-    gpu_kind: str
-    layer_start: int
-    layer_end: int
-    """One past the node's last layer."""
 
 
 class _WithoutCreated:
@@ -92,7 +81,7 @@ class ServingMetrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, model_name: str, nodes: Sequence[NodeInfo] = ()) -> None:
+    def __init__(self, model_name: str) -> None:
         self.model_name = model_name
         self.registry = CollectorRegistry(auto_describe=True)
         self._series: dict[str, Any] = {}
@@ -105,41 +94,50 @@ class ServingMetrics:
             if not labels:  # export a 0 before the first event, so rate() has a start
                 self.labels(name)
         self._exported: dict[str, float] = dict.fromkeys(_ENGINE_COUNTERS, 0.0)
-        self.nodes = list(nodes)
-        for n in self.nodes:
-            self.labels("node_info", n.node, n.gpu_kind, n.layer_start, n.layer_end).set(1)
+        self._routed: dict[Edge, int] = {}
+        self._node_info: dict[str, tuple[str, str, int, int]] = {}
 
     def labels(self, name: str, *values: object) -> Any:
         """The child series of metric `name` for this model and the given extra label values."""
         return self._series[name].labels(self.model_name, *(str(v) for v in values))
 
-    def set_planned_flows(self, flows_tokens_per_s: Mapping[tuple[str, str], float]) -> None:
-        for (src, dst), value in sorted(flows_tokens_per_s.items()):
+    def observe_topology(
+        self, nodes: Sequence[NodeLoad], routed: Mapping[Edge, int], planned: Mapping[Edge, float]
+    ) -> None:
+        """Per-node series, routed-request counters, planned flows (AsyncEngine.topology)."""
+        for n in nodes:
+            info = (n.name, n.gpu_kind, *n.layers)
+            old = self._node_info.get(n.name)
+            if old != info:
+                if old is not None:
+                    self._series["node_info"].remove(self.model_name, *map(str, old))
+                self.labels("node_info", *info).set(1)
+                self._node_info[n.name] = info
+            self.labels("node_up", n.name).set(1 if n.alive else 0)
+            self.labels("kv_cache_usage_perc", n.name, n.gpu_kind).set(n.kv_usage)
+            self.labels("node_tokens_per_second", n.name).set(n.tokens_per_s)
+        for edge, count in sorted(routed.items()):
+            if count > self._routed.get(edge, 0):
+                self.labels("routed_requests", *edge).inc(count - self._routed.get(edge, 0))
+                self._routed[edge] = count
+        flows = self._series["planned_flow_tokens_per_second"]
+        flows.clear()  # re-planned flows replace the old ones, edges to dead nodes included
+        for (src, dst), value in sorted(planned.items()):
             self.labels("planned_flow_tokens_per_second", src, dst).set(value)
 
-    def observe_engine(self, stats: Mapping[str, float], node: str = "node0") -> None:
-        """Copy one node's `AsyncEngine.stats()` into the gauges and engine counters."""
-        gpu_kind = next((n.gpu_kind for n in self.nodes if n.node == node), "unknown")
+    def observe_engine(self, stats: Mapping[str, float]) -> None:
+        """Copy `AsyncEngine.stats()` into the queue gauges and engine counters."""
         self.labels("num_requests_running").set(stats.get("num_requests_running", 0))
         self.labels("num_requests_waiting").set(stats.get("num_requests_waiting", 0))
-        self.labels("kv_cache_usage_perc", node, gpu_kind).set(stats.get("kv_cache_usage", 0.0))
-        self.labels("node_tokens_per_second", node).set(stats.get("tokens_per_second", 0.0))
         for attr, key in _ENGINE_COUNTERS.items():
             value = float(stats.get(key, 0.0))
             if value > self._exported[attr]:  # counters only move up; a restart keeps the max
                 self.labels(attr).inc(value - self._exported[attr])
                 self._exported[attr] = value
 
-    def track(self, route: Sequence[str] = (COORDINATOR, "node0", COORDINATOR)) -> RequestTracker:
-        """Start timing one request that will travel `route`.
-
-        Every edge but the last counts now; the last (back to the coordinator) counts when the
-        request finishes.
-        """
-        edges = list(zip(route, route[1:]))
-        for src, dst in edges[:-1]:
-            self.labels("routed_requests", src, dst).inc()
-        return RequestTracker(self, edges[-1] if edges else None)
+    def track(self) -> RequestTracker:
+        """Start timing one request."""
+        return RequestTracker(self)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of this registry."""
@@ -149,9 +147,8 @@ class ServingMetrics:
 class RequestTracker:
     """Latency bookkeeping of one request, fed with the snapshots its client receives."""
 
-    def __init__(self, metrics: ServingMetrics, last_edge: tuple[str, str] | None) -> None:
+    def __init__(self, metrics: ServingMetrics) -> None:
         self.metrics = metrics
-        self.last_edge = last_edge
         self.arrival = time.monotonic()
         self.first_token_at: float | None = None
         self.last_token_at = self.arrival
@@ -191,5 +188,3 @@ class RequestTracker:
             m.labels("request_success", completion.finish_reason or "abort").inc()
         if not completions:
             m.labels("request_success", "abort").inc()
-        if self.last_edge is not None:
-            m.labels("routed_requests", *self.last_edge).inc()

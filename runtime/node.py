@@ -20,6 +20,7 @@ import torch
 from .block_pool import BlockPool, OutOfBlocksError
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
 from .model_runner import SeqSlice, batch_inputs
+from .node_load import TokenRate
 from .sampler import prepare, sample
 from .sampling_params import SamplingParams
 from .wire import from_wire, to_wire
@@ -49,7 +50,7 @@ class StageWorker:
         self.kv_caches = stage.allocate_kv_cache(num_kv_blocks, block_size, device=device)
         self.seqs: dict[str, _NodeSeq] = {}
         self.tokens_done = 0
-        self.started = time.monotonic()
+        self.rate = TokenRate()
 
     def release(self, request_ids: list[str]) -> None:
         for request_id in request_ids:
@@ -124,6 +125,7 @@ class StageWorker:
             for work in group:
                 self.seqs[work.request_id].num_computed = work.start + work.num_tokens
             self.tokens_done += len(step.positions)
+            self.rate.add(len(step.positions))
             if step.sampled_rows:
                 new_tokens, new_logprobs = self._sample(
                     hidden[step.logits_indices], [group[r] for r in step.sampled_rows]
@@ -181,13 +183,12 @@ class StageWorker:
         ]
 
     def heartbeat(self, incarnation: int) -> Heartbeat:
-        elapsed = max(1e-6, time.monotonic() - self.started)
         return Heartbeat(
             self.name,
             incarnation,
             self.pool.num_free_blocks,
             len(self.seqs),
-            self.tokens_done / elapsed,
+            self.rate.per_second(),
         )
 
 

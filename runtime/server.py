@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .async_engine import AsyncEngine
-from .metrics import NodeInfo, RequestTracker, ServingMetrics
+from .metrics import RequestTracker, ServingMetrics
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
 
@@ -407,15 +407,6 @@ async def _respond(request: Request, body: Json, fanin: _Fanin, reply: _Reply) -
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
-def _gpu_kind(engine: AsyncEngine) -> str:
-    device = getattr(getattr(engine.engine, "runner", None), "device", None)
-    if getattr(device, "type", "cpu") != "cuda":
-        return "cpu"
-    import torch
-
-    return str(torch.cuda.get_device_name(device))
-
-
 # ---- the app ------------------------------------------------------------------------------
 def build_app(
     engine: AsyncEngine,
@@ -427,10 +418,7 @@ def build_app(
     from helix import __version__
 
     app = FastAPI(title="helix-serve", version=__version__, openapi_url=None)
-    num_layers = int(engine.engine.model_config.num_layers)
-    metrics = ServingMetrics(
-        served_model_name, [NodeInfo("node0", _gpu_kind(engine), 0, num_layers)]
-    )
+    metrics = ServingMetrics(served_model_name)
     app.state.metrics, app.state.engine = metrics, engine
     tokenizer, max_model_len = engine.tokenizer, engine.max_model_len
 
@@ -504,6 +492,8 @@ def build_app(
     @app.get("/metrics")
     async def prometheus() -> Response:
         metrics.observe_engine(engine.stats())
+        topology = engine.topology()
+        metrics.observe_topology(topology.nodes, topology.routed, topology.planned)
         return Response(metrics.render(), media_type=metrics.content_type)
 
     @app.exception_handler(APIError)

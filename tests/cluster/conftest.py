@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import PARAMS, batch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -29,3 +30,13 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_llama: Path) -> list[list[int]]:
+    from helix import LLM
+
+    outs = LLM(str(tiny_llama)).generate(batch(), PARAMS)
+    ids = [o.outputs[0].token_ids for o in outs]
+    assert len({tuple(x) for x in ids}) > 3  # the model is not degenerate: a real check
+    return ids

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from helix.runtime.async_engine import AsyncEngine
+from helix.runtime.node_load import NodeLoad
 from helix.runtime.outputs import CompletionOutput, RequestOutput
 from helix.runtime.sampling_params import SamplingParams
 
@@ -60,6 +61,15 @@ class _FakeEngine:
         s = self.scheduler
         return {"num_requests_running": len(s.running), "num_requests_waiting": s.num_waiting,
                 "kv_cache_usage": s.pool.usage, "num_preemptions": s.num_preemptions}
+
+    def node_loads(self) -> list[NodeLoad]:
+        return [NodeLoad("fake", "cpu", (0, 1), self.scheduler.pool.usage, 0.0)]
+
+    def routed_counts(self) -> dict:
+        return {}
+
+    def planned_flows(self) -> dict:
+        return {}
 
     def step(self) -> list[RequestOutput]:
         self._seen()
