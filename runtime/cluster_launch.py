@@ -46,8 +46,10 @@ def start_local_nodes(
     names: list[str],
     node_args: list[str] | None = None,
     per_node_args: dict[str, list[str]] | None = None,
+    launch_prefix: dict[str, list[str]] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """`helix node` processes for `names`, on this machine (logs under workdir)."""
+    """`helix node` processes for `names`, on this machine (logs under workdir). A node's
+    `launch_prefix` wraps its command (e.g. `ip netns exec NS`, `taskset -c 1`)."""
     import yaml
 
     from helix.config import cluster_to_dict
@@ -62,6 +64,7 @@ def start_local_nodes(
         processes.append(
             subprocess.Popen(
                 [
+                    *(launch_prefix or {}).get(name, []),
                     sys.executable,
                     "-m",
                     "helix.cli",
@@ -163,9 +166,11 @@ class LocalCluster:
         startup_timeout_s: float = 180.0,
         per_node_args: dict[str, list[str]] | None = None,
         start: list[str] | None = None,
+        launch_prefix: dict[str, list[str]] | None = None,
     ) -> None:
         """`start`: the nodes to run as local processes (default: planned nodes the cluster file
-        gives no address; nodes with an address are expected to be started by hand)."""
+        gives no address; nodes with an address are expected to be started by hand).
+        `launch_prefix`: per node, a command that wraps `helix node` (see start_local_nodes)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
         given = {node.name for node in cluster.nodes if node.address}
@@ -180,7 +185,7 @@ class LocalCluster:
             # makes every process spin in OpenMP barriers (measured: 3x slower on 2 cores).
             share = max(1, (os.cpu_count() or 1) // len(self.local_names))
             node_args += ["--threads", str(share)]
-        self._node_args = (node_args, per_node_args)
+        self._node_args = (node_args, per_node_args, launch_prefix)
         self.processes = start_local_nodes(
             self.cluster, plan, self.workdir, self.model, self.local_names, *self._node_args
         )
