@@ -112,15 +112,40 @@ def start_cluster(args: argparse.Namespace) -> Any:
     cluster = load_cluster(path)
     the_plan = load_plan(args.plan) if args.plan else plan(cluster, "milp",
                                                           time_limit_s=args.plan_time_limit)
-    node_args = ["--kv-cache-memory-gb", str(args.kv_cache_memory_gb or 0.5)]
-    if args.dtype:
-        node_args += ["--dtype", args.dtype]
-    local = LocalCluster(cluster, the_plan, args.model, node_args=node_args)
+    local = LocalCluster(
+        cluster, the_plan, args.model, node_args=cluster_node_args(args),
+        engine_args=cluster_engine_args(args),
+    )  # fmt: skip
     engine = local.engine
     engine.on_shutdown = local.close
     print(f"cluster: {len(the_plan.nodes)} nodes, plan {the_plan.throughput_tokens_per_s:,.1f} "
           f"tokens/s, logs in {local.workdir}", flush=True)
     return engine
+
+
+def cluster_node_args(args: argparse.Namespace) -> list[str]:
+    """`helix node` flags for the engine flags that act on every node."""
+    if args.enable_prefix_caching:
+        raise ValueError(
+            "--enable-prefix-caching: the sharded runtime has no prefix cache yet; "
+            "serve one node (helix serve MODEL or --single-node) to use it"
+        )
+    node_args = ["--kv-cache-memory-gb", str(args.kv_cache_memory_gb or 0.5)]
+    for flag in ("dtype", "block_size", "attention_backend", "device"):
+        if getattr(args, flag) is not None:
+            node_args += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    return node_args
+
+
+def cluster_engine_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The coordinator's share of the engine flags (the rest act on the nodes)."""
+    given = {
+        "max_model_len": args.max_model_len,
+        "max_batch_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs,
+        "scheduling_policy": args.scheduling_policy,
+    }
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def cmd(args: argparse.Namespace) -> int:

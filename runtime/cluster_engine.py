@@ -15,9 +15,10 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Any
 
+from .cluster_state import ClusterRequest, NodeInfo, wire_params
 from .engine import apply_token, prepare_prompt
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
 from .node_load import Edge, NodeLoad, route_edges
@@ -28,44 +29,6 @@ from .sequence import SequenceStatus
 
 log = logging.getLogger("helix.coordinator")
 _REASON = {SequenceStatus.FINISHED_STOPPED: "stop", SequenceStatus.FINISHED_LENGTH: "length"}
-
-
-@dataclass
-class NodeInfo:
-    name: str
-    address: str
-    layers: tuple[int, int]
-    num_kv_blocks: int = 0
-    block_size: int = 16
-    reserved_blocks: int = 0
-    alive: bool = False
-    incarnation: int = 0
-    last_seen: float = 0.0
-    tokens_per_s: float = 0.0
-    gpu_kind: str = "unknown"
-
-
-@dataclass
-class _ClusterRequest:
-    request_id: str
-    prompt: str | None
-    prompt_token_ids: list[int]
-    params: SamplingParams
-    output: CompletionOutput
-    detokenizer: Any
-    max_tokens: int
-    tokens: list[int] = field(default_factory=list)
-    route: list[str] | None = None
-    num_computed: int = 0
-    in_flight: int | None = None
-    params_sent: bool = False
-    reserved: int = 0
-    error: str | None = None
-    num_reroutes: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.output.finish_reason is not None
 
 
 class ClusterEngine:
@@ -81,7 +44,19 @@ class ClusterEngine:
         heartbeat_timeout_s: float = 3.0,
         max_batch_tokens: int = 2048,
         reroute: Any = None,
+        max_num_seqs: int | None = None,
+        scheduling_policy: str = "fcfs",
     ) -> None:
+        """`max_batch_tokens`: tokens per micro-batch (longer prompts go in chunks);
+        `max_num_seqs`: requests routed at once (None: as many as the KV takes);
+        `scheduling_policy`: admission order, `fcfs` or `priority` (lower value first, then
+        arrival, as in vLLM)."""
+        if scheduling_policy not in ("fcfs", "priority"):
+            raise ValueError(
+                f"scheduling_policy: expected fcfs or priority, got {scheduling_policy!r}"
+            )
+        if max_batch_tokens < 1 or (max_num_seqs is not None and max_num_seqs < 1):
+            raise ValueError("max_batch_tokens and max_num_seqs must be >= 1")
         from .transport import Endpoint
 
         self.nodes = {n.name: n for n in nodes}
@@ -93,8 +68,14 @@ class ClusterEngine:
         self.max_model_len = max_model_len
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.max_batch_tokens = max_batch_tokens
+        self.max_num_seqs = max_num_seqs
+        self.scheduling_policy = scheduling_policy
         self.endpoint = Endpoint(bind)
-        self.requests: dict[str, _ClusterRequest] = {}
+        self.requests: dict[str, ClusterRequest] = {}
+        """Every sample in the engine, by its own id (the request id itself when n == 1)."""
+        self.groups: dict[str, list[str]] = {}
+        """Request id -> the ids of its samples."""
+        self.parent: dict[str, str] = {}
         self._batch_ids = itertools.count(1)
         self._ids = itertools.count()
         self.num_stages = max(1, len({n.layers for n in nodes}))
@@ -136,30 +117,37 @@ class ClusterEngine:
     def add_request(
         self, prompt: Any, params: SamplingParams, request_id: str | None = None
     ) -> str:
-        if params.n != 1:
-            raise ValueError("n: the cluster runtime serves n=1 only for now")
+        """Queue one prompt. With n > 1 each sample travels as its own sub-request
+        (`ID#i`, seed + i), routed on its own; the caller sees one RequestOutput with n outputs."""
         request_id = request_id or f"req-{next(self._ids)}"
-        if request_id in self.requests:
+        if request_id in self.groups or request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         text, ids = prepare_prompt(
             self.tokenizer, prompt, self.max_model_len, self.model_config.vocab_size
         )
-        self.requests[request_id] = _ClusterRequest(
-            request_id,
-            text,
-            list(ids),
-            params,
-            CompletionOutput(0),
-            self.tokenizer.detokenizer(ids, params.skip_special_tokens),
-            min(params.max_tokens, self.max_model_len - len(ids)),
-            tokens=list(ids),
-        )
+        members = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
+        for index, member in enumerate(members):
+            seed = None if params.seed is None else params.seed + index
+            sample_params = replace(params, n=1, seed=seed)
+            self.requests[member] = ClusterRequest(
+                member,
+                text,
+                list(ids),
+                sample_params,
+                CompletionOutput(index, logprobs=[] if params.logprobs is not None else None),
+                self.tokenizer.detokenizer(ids, params.skip_special_tokens),
+                min(params.max_tokens, self.max_model_len - len(ids)),
+                tokens=list(ids),
+            )
+            self.parent[member] = request_id
+        self.groups[request_id] = members
         return request_id
 
     def abort_request(self, request_id: str) -> None:
-        request = self.requests.get(request_id)
-        if request is not None and not request.finished:
-            self._finish(request, "abort")
+        for member in self.groups.get(request_id, []):
+            request = self.requests[member]
+            if not request.finished:
+                self._finish(request, "abort")
 
     def has_unfinished_requests(self) -> bool:
         return any(not r.finished for r in self.requests.values())
@@ -199,10 +187,17 @@ class ClusterEngine:
         return {(u, v): f for u, edges in self.router.edges.items() for v, f in edges}
 
     def pop_finished(self) -> list[RequestOutput]:
-        done = [r for r in self.requests.values() if r.finished]
-        for request in done:
-            del self.requests[request.request_id]
-        return [self._snapshot(r) for r in done]
+        done = [
+            group
+            for group, members in self.groups.items()
+            if all(self.requests[m].finished for m in members)
+        ]
+        outputs = [self._snapshot(group) for group in done]
+        for group in done:
+            for member in self.groups.pop(group):
+                del self.requests[member]
+                del self.parent[member]
+        return outputs
 
     # ---- the loop -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -210,7 +205,8 @@ class ClusterEngine:
         self._check_liveness(changed)
         self._admit(changed)
         self._dispatch()
-        return [self._snapshot(self.requests[r]) for r in sorted(changed) if r in self.requests]
+        groups = {self.parent[r] for r in changed if r in self.parent}
+        return [self._snapshot(group) for group in sorted(groups)]
 
     def idle_tick(self) -> None:
         """Read heartbeats and check liveness while no request runs (nothing to dispatch)."""
@@ -276,6 +272,8 @@ class ClusterEngine:
                 continue  # a chunk in the middle of a prompt
             token = msg.tokens[request_id]
             request.tokens.append(token)
+            if request.output.logprobs is not None and request_id in msg.logprobs:
+                self._record_logprobs(request, token, msg, request_id)
             status = apply_token(
                 request.output,
                 request.detokenizer,
@@ -289,6 +287,17 @@ class ClusterEngine:
                 self._finish(request, _REASON.get(status, "stop"))
             changed.add(request_id)
         return changed
+
+    @staticmethod
+    def _record_logprobs(request: ClusterRequest, token: int, msg: Sampled, key: str) -> None:
+        logprob = float(msg.logprobs[key])
+        entry = {token: logprob}
+        for alt, value in msg.top_logprobs.get(key, []):
+            entry.setdefault(int(alt), float(value))
+        output = request.output
+        assert output.logprobs is not None
+        output.logprobs.append(entry)
+        output.cumulative_logprob = (output.cumulative_logprob or 0.0) + logprob
 
     def _check_liveness(self, changed: set[str]) -> None:
         now = time.monotonic()
@@ -312,7 +321,7 @@ class ClusterEngine:
                 self._unroute(request, f"node {sorted(names & set(request.route))} died")
                 changed.add(request.request_id)
 
-    def _unroute(self, request: _ClusterRequest, reason: str) -> None:
+    def _unroute(self, request: ClusterRequest, reason: str) -> None:
         request.num_reroutes += 1
         self._release(request)
         request.route, request.num_computed, request.in_flight = None, 0, None
@@ -322,9 +331,14 @@ class ClusterEngine:
             self._finish(request, "error")
 
     def _admit(self, changed: set[str]) -> None:
-        for request in self.requests.values():
-            if request.route is not None or request.finished:
-                continue
+        live = [r for r in self.requests.values() if not r.finished]
+        num_routed = sum(r.route is not None for r in live)
+        waiting = [r for r in live if r.route is None]
+        if self.scheduling_policy == "priority":
+            waiting.sort(key=lambda r: int(str(r.params.extra.get("priority", 0))))  # stable
+        for request in waiting:
+            if self.max_num_seqs is not None and num_routed >= self.max_num_seqs:
+                return
             num_tokens = len(request.prompt_token_ids) + request.max_tokens
 
             def fits(name: str, num_tokens: int = num_tokens) -> bool:
@@ -340,6 +354,7 @@ class ClusterEngine:
                     changed.add(request.request_id)
                 continue  # no KV room now: wait
             request.route, request.reserved = route, num_tokens
+            num_routed += 1
             for edge in route_edges(route)[:-1]:
                 self.routed[edge] = self.routed.get(edge, 0) + 1
             for name in route:
@@ -357,7 +372,7 @@ class ClusterEngine:
         ]
         if not ready:
             return
-        by_first: dict[str, list[_ClusterRequest]] = {}
+        by_first: dict[str, list[ClusterRequest]] = {}
         in_flight: dict[str, set[int]] = {}
         for request in self.requests.values():
             if request.route is not None and request.in_flight is not None:
@@ -373,15 +388,15 @@ class ClusterEngine:
             for part in range(num_batches):
                 self._send_batch(first, group[part::num_batches])
 
-    def _send_batch(self, first: str, group: list[_ClusterRequest]) -> None:
+    def _send_batch(self, first: str, group: list[ClusterRequest]) -> None:
         batch_id = next(self._batch_ids)
         work: list[SeqWork] = []
         budget = self.max_batch_tokens
         for request in group:
             remaining = len(request.tokens) - request.num_computed
-            n = min(remaining, max(1, budget)) if work else remaining
-            if work and budget <= 0:
+            if budget <= 0:
                 break
+            n = min(remaining, budget)
             chunk = request.tokens[request.num_computed : request.num_computed + n]
             work.append(
                 SeqWork(
@@ -392,7 +407,7 @@ class ClusterEngine:
                     list(request.route or []),
                     0,
                     n == remaining,
-                    None if request.params_sent else _params(request.params),
+                    None if request.params_sent else wire_params(request.params),
                 )
             )
             request.params_sent = True
@@ -403,14 +418,14 @@ class ClusterEngine:
                 if request.in_flight == batch_id:
                     request.in_flight = None
 
-    def _finish(self, request: _ClusterRequest, reason: str) -> None:
+    def _finish(self, request: ClusterRequest, reason: str) -> None:
         request.output.finish_reason = reason
         if request.route:
             edge = route_edges(request.route)[-1]
             self.routed[edge] = self.routed.get(edge, 0) + 1
         self._release(request)
 
-    def _release(self, request: _ClusterRequest) -> None:
+    def _release(self, request: ClusterRequest) -> None:
         for name in request.route or []:
             node = self.nodes[name]
             node.reserved_blocks -= -(-request.reserved // node.block_size)
@@ -418,24 +433,14 @@ class ClusterEngine:
                 self.endpoint.send(node.address, Release([request.request_id]))
         request.reserved = 0
 
-    def _snapshot(self, request: _ClusterRequest) -> RequestOutput:
+    def _snapshot(self, group: str) -> RequestOutput:
+        members = [self.requests[m] for m in self.groups[group]]
+        first = members[0]
         return RequestOutput(
-            request.request_id,
-            request.prompt,
-            request.prompt_token_ids,
-            [request.output],
-            request.finished,
-            request.error,
+            group,
+            first.prompt,
+            first.prompt_token_ids,
+            [m.output for m in members],
+            all(m.finished for m in members),
+            next((m.error for m in members if m.error), None),
         )
-
-
-def _params(params: SamplingParams) -> dict[str, Any]:
-    return {
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "min_p": params.min_p,
-        "seed": params.seed,
-        "max_tokens": params.max_tokens,
-        "logprobs": params.logprobs,
-    }

@@ -14,7 +14,8 @@ from typing import Any
 from helix.planner.plan import Plan
 from helix.planner.spec import ClusterSpec
 
-from .cluster_engine import ClusterEngine, NodeInfo
+from .cluster_engine import ClusterEngine
+from .cluster_state import NodeInfo
 
 
 def runtime_model(cluster: ClusterSpec, model: str | None = None) -> str:
@@ -110,8 +111,10 @@ def build_cluster_engine(
     *,
     max_model_len: int | None = None,
     heartbeat_timeout_s: float = 3.0,
+    **scheduling: Any,
 ) -> ClusterEngine:
-    """The coordinator for a cluster whose nodes have addresses (see with_local_addresses)."""
+    """The coordinator for a cluster whose nodes have addresses (see with_local_addresses);
+    `scheduling`: ClusterEngine's max_batch_tokens, max_num_seqs, scheduling_policy."""
     from .loader import read_model_config
     from .tokenizer import load_tokenizer
 
@@ -149,6 +152,7 @@ def build_cluster_engine(
         limit,
         heartbeat_timeout_s=heartbeat_timeout_s,
         reroute=reroute_flows(cluster, plan),
+        **scheduling,
     )
 
 
@@ -167,10 +171,12 @@ class LocalCluster:
         per_node_args: dict[str, list[str]] | None = None,
         start: list[str] | None = None,
         launch_prefix: dict[str, list[str]] | None = None,
+        engine_args: dict[str, Any] | None = None,
     ) -> None:
         """`start`: the nodes to run as local processes (default: planned nodes the cluster file
         gives no address; nodes with an address are expected to be started by hand).
-        `launch_prefix`: per node, a command that wraps `helix node` (see start_local_nodes)."""
+        `launch_prefix`: per node, a command that wraps `helix node` (see start_local_nodes).
+        `engine_args`: passed to build_cluster_engine (max_model_len, max_num_seqs, ...)."""
         self.workdir = Path(tempfile.mkdtemp(prefix="helix-cluster-"))
         self.model = runtime_model(cluster, model)
         given = {node.name for node in cluster.nodes if node.address}
@@ -191,7 +197,11 @@ class LocalCluster:
         )
         try:
             self.engine = build_cluster_engine(
-                self.cluster, plan, self.model, heartbeat_timeout_s=heartbeat_timeout_s
+                self.cluster,
+                plan,
+                self.model,
+                heartbeat_timeout_s=heartbeat_timeout_s,
+                **(engine_args or {}),
             )
             self.engine.wait_for_nodes(startup_timeout_s, check=self._check_processes)
         except BaseException:

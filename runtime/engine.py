@@ -270,7 +270,8 @@ class LLMEngine:
     def _record_logprobs(self, state: _Sample, token: int, result: object, row: int) -> None:
         logprob = result.logprobs[row]  # type: ignore[attr-defined]
         entry = {token: logprob}
-        for alt, value in result.top_logprobs[row]:  # type: ignore[attr-defined]
+        num_top = getattr(state.seq.params, "logprobs", None) or 0
+        for alt, value in result.top_logprobs[row][:num_top]:  # type: ignore[attr-defined]
             entry.setdefault(alt, value)
         assert state.output.logprobs is not None
         state.output.logprobs.append(entry)

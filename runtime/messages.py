@@ -112,6 +112,8 @@ class Sampled(Message):
     logprobs: dict[str, float] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     """Requests the node could not run (e.g. out of KV blocks), with the reason."""
+    top_logprobs: dict[str, list[list[float]]] = field(default_factory=dict)
+    """Per request that asked for logprobs=k: the k best [token, logprob] pairs, best first."""
 
 
 @dataclass
@@ -249,3 +251,16 @@ def _check_types(message: Message) -> None:
             raise FrameError(
                 f"{message.TYPE}.{f.name}: expected {f.type}, got {type(value).__name__}"
             )
+        if str(f.type) == "dict[str, list[list[float]]]" and not _is_pair_lists(value):
+            raise FrameError(f"{message.TYPE}.{f.name}: expected {{id: [[token, logprob], ...]}}")
+
+
+def _is_pair_lists(value: Any) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(pairs, list)
+        and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(x, (int, float)) for x in p)
+            for p in pairs
+        )
+        for pairs in value.values()
+    )

@@ -108,6 +108,7 @@ class StageWorker:
         outgoing: list[tuple[str, Forward]] = []
         tokens: dict[str, int] = {}
         logprobs: dict[str, float] = {}
+        top_logprobs: dict[str, list[list[float]]] = {}
         # Requests entering mid-range (partial inference) run only the tail: one pass per entry.
         groups: dict[int, list[int]] = {}
         for i, work in enumerate(works):
@@ -127,30 +128,39 @@ class StageWorker:
             self.tokens_done += len(step.positions)
             self.rate.add(len(step.positions))
             if step.sampled_rows:
-                new_tokens, new_logprobs = self._sample(
+                new_tokens, new_logprobs, new_top = self._sample(
                     hidden[step.logits_indices], [group[r] for r in step.sampled_rows]
                 )
                 tokens.update(new_tokens)
                 logprobs.update(new_logprobs)
+                top_logprobs.update(new_top)
             outgoing += self._pass_on(msg.batch_id, group, hidden)
         computed = {
             w.request_id: w.start + w.num_tokens for w in works if w.hop == len(w.route) - 1
         }
         sampled = None
         if computed or errors:
-            sampled = Sampled(msg.batch_id, self.name, tokens, computed, logprobs, errors)
+            sampled = Sampled(
+                msg.batch_id, self.name, tokens, computed, logprobs, errors, top_logprobs
+            )
         return outgoing, sampled
 
     def _sample(
         self, hidden: torch.Tensor, works: list[SeqWork]
-    ) -> tuple[dict[str, int], dict[str, float]]:
+    ) -> tuple[dict[str, int], dict[str, float], dict[str, list[list[float]]]]:
         logits = self.stage.compute_logits(hidden)  # [S, vocab]
         states = [self.seqs[w.request_id] for w in works]
         params = [s.params or SamplingParams(temperature=0) for s in states]
         result = sample(logits, prepare(params, [s.generator for s in states]))
         tokens = {w.request_id: t for w, t in zip(works, result.token_ids)}
         values = result.logprobs or []
-        return tokens, {w.request_id: v for w, v in zip(works, values)}
+        tops = result.top_logprobs or []
+        top = {
+            w.request_id: [[t, v] for t, v in pairs[: p.logprobs]]
+            for w, p, pairs in zip(works, params, tops)
+            if p.logprobs is not None
+        }
+        return tokens, {w.request_id: v for w, v in zip(works, values)}, top
 
     def _pass_on(
         self, batch_id: int, works: list[SeqWork], hidden: torch.Tensor

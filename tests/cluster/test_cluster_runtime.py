@@ -91,3 +91,61 @@ def test_no_route_left_fails_with_a_clear_error(tiny_llama) -> None:
     assert finished[0].request_id == request_id
     assert finished[0].outputs[0].finish_reason == "error"
     assert "no route" in (finished[0].error or "")
+
+
+def test_n_samples_and_logprobs_match_one_node(tiny_llama) -> None:
+    cluster = cluster_of(tiny_llama, "ab")
+    plan = plan_of(cluster, {"a": (0, 2), "b": (2, 4)})
+    prompts = batch()[:3]
+    sampled = SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=8, ignore_eos=True)
+    scored = SamplingParams(temperature=0, max_tokens=5, logprobs=3, ignore_eos=True)
+    one_node = LLM(str(tiny_llama))
+    expected = one_node.generate(prompts, sampled), one_node.generate(prompts, scored)
+    with LocalCluster(cluster, plan) as local:
+        llm = LLM.from_engine(local.engine)
+        got = llm.generate(prompts, sampled), llm.generate(prompts, scored)
+    for want, have in zip(expected[0], got[0]):
+        assert [c.index for c in have.outputs] == [0, 1, 2]
+        assert [c.token_ids for c in have.outputs] == [c.token_ids for c in want.outputs]
+    assert len({tuple(c.token_ids) for c in got[0][0].outputs}) > 1  # really sampled, seed + i
+    for want, have in zip(expected[1], got[1]):
+        a, b = want.outputs[0], have.outputs[0]
+        assert a.token_ids == b.token_ids
+        assert b.logprobs is not None and len(b.logprobs) == 5
+        for step_a, step_b in zip(a.logprobs, b.logprobs):
+            assert step_a.keys() == step_b.keys() and len(step_b) >= 3
+            assert all(abs(step_a[t] - step_b[t]) < 1e-4 for t in step_a)
+        assert abs(a.cumulative_logprob - b.cumulative_logprob) < 1e-3
+
+
+def test_scheduling_flags_chunks_caps_and_priority(tiny_llama, reference) -> None:
+    cluster = cluster_of(tiny_llama, "ab")
+    plan = plan_of(cluster, {"a": (0, 2), "b": (2, 4)})
+    args = {"max_batch_tokens": 8, "max_num_seqs": 2, "scheduling_policy": "priority"}
+    with LocalCluster(cluster, plan, engine_args=args) as local:
+        engine = local.engine
+        prompts = batch()
+        priorities = [5, 4, 3, 2, 1, 0]  # the last request goes first
+        ids = [
+            engine.add_request(p, SamplingParams(**vars_of(PARAMS), extra={"priority": q}))
+            for p, q in zip(prompts, priorities)
+        ]
+        first_routed: list[str] = []
+        results = {}
+        deadline = time.monotonic() + 120
+        while engine.has_unfinished_requests():
+            assert time.monotonic() < deadline, "requests hung"
+            engine.step()
+            routed = [r.request_id for r in engine.requests.values() if r.route is not None]
+            assert len([r for r in engine.requests.values() if r.route and not r.finished]) <= 2
+            first_routed += [r for r in routed if r not in first_routed]
+            for out in engine.pop_finished():
+                results[out.request_id] = out
+    assert set(first_routed[:2]) == {ids[5], ids[4]}  # the two most urgent, admitted together
+    # Prompts of 12..40 tokens went through in chunks of 8 tokens and still match.
+    assert [results[i].outputs[0].token_ids for i in ids] == reference
+
+
+def vars_of(params: SamplingParams) -> dict:
+    return {"temperature": params.temperature, "max_tokens": params.max_tokens,
+            "ignore_eos": params.ignore_eos}  # fmt: skip

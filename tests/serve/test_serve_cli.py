@@ -57,3 +57,22 @@ def test_bad_values_are_value_errors() -> None:
         engine_config(_parse("--block-size", "3"))
     with pytest.raises(SystemExit):
         _parse("--scheduling-policy", "lifo")
+
+
+def test_cluster_mode_passes_engine_flags_to_the_nodes_and_the_coordinator() -> None:
+    from helix.serve_cli import cluster_engine_args, cluster_node_args
+
+    args = _parse(
+        "--max-model-len", "1024", "--block-size", "32", "--max-num-seqs", "8",
+        "--max-num-batched-tokens", "512", "--scheduling-policy", "priority",
+        "--dtype", "bfloat16", "--kv-cache-memory-gb", "0.25",
+    )  # fmt: skip
+    assert cluster_engine_args(args) == {
+        "max_model_len": 1024, "max_batch_tokens": 512, "max_num_seqs": 8,
+        "scheduling_policy": "priority",
+    }  # fmt: skip
+    node_args = cluster_node_args(args)
+    assert node_args[:2] == ["--kv-cache-memory-gb", "0.25"]
+    assert node_args[2:6] == ["--dtype", "bfloat16", "--block-size", "32"]
+    with pytest.raises(ValueError, match="--enable-prefix-caching"):
+        cluster_node_args(_parse("--enable-prefix-caching"))
