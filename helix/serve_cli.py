@@ -125,11 +125,6 @@ def start_cluster(args: argparse.Namespace) -> Any:
 
 def cluster_node_args(args: argparse.Namespace) -> list[str]:
     """`helix node` flags for the engine flags that act on every node."""
-    if args.enable_prefix_caching:
-        raise ValueError(
-            "--enable-prefix-caching: the sharded runtime has no prefix cache yet; "
-            "serve one node (helix serve MODEL or --single-node) to use it"
-        )
     node_args = ["--kv-cache-memory-gb", str(args.kv_cache_memory_gb or 0.5)]
     for flag in ("dtype", "block_size", "attention_backend", "device"):
         if getattr(args, flag) is not None:
@@ -144,6 +139,7 @@ def cluster_engine_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_batch_tokens": args.max_num_batched_tokens,
         "max_num_seqs": args.max_num_seqs,
         "scheduling_policy": args.scheduling_policy,
+        "enable_prefix_caching": args.enable_prefix_caching,
     }
     return {k: v for k, v in given.items() if v is not None}
 

@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from .cluster_state import ClusterRequest, NodeInfo, wire_params
+from .cluster_state import NO_CAP, ClusterRequest, NodeInfo, wire_params
 from .engine import apply_token, prepare_prompt
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
 from .node_load import Edge, NodeLoad, route_edges
@@ -46,11 +46,13 @@ class ClusterEngine:
         reroute: Any = None,
         max_num_seqs: int | None = None,
         scheduling_policy: str = "fcfs",
+        enable_prefix_caching: bool = True,
     ) -> None:
         """`max_batch_tokens`: tokens per micro-batch (longer prompts go in chunks);
         `max_num_seqs`: requests routed at once (None: as many as the KV takes);
         `scheduling_policy`: admission order, `fcfs` or `priority` (lower value first, then
-        arrival, as in vLLM)."""
+        arrival, as in vLLM); `enable_prefix_caching`: let the route's nodes skip prompt blocks
+        they hold in their prefix caches (node_prefix.py)."""
         if scheduling_policy not in ("fcfs", "priority"):
             raise ValueError(
                 f"scheduling_policy: expected fcfs or priority, got {scheduling_policy!r}"
@@ -70,6 +72,9 @@ class ClusterEngine:
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
         self.scheduling_policy = scheduling_policy
+        self.enable_prefix_caching = enable_prefix_caching
+        self.num_prefix_misses = 0
+        """First passes replayed because a node lacked the prefix the first node skipped."""
         self.endpoint = Endpoint(bind)
         self.requests: dict[str, ClusterRequest] = {}
         """Every sample in the engine, by its own id (the request id itself when n == 1)."""
@@ -254,6 +259,18 @@ class ClusterEngine:
 
     def _on_sampled(self, msg: Sampled) -> set[str]:
         changed = set()
+        for request_id, num_held in msg.prefix_misses.items():
+            request = self.requests.get(request_id)
+            if request is not None and request.in_flight == msg.batch_id:
+                # A node lacked part of the prefix the first node skipped: replay from token 0,
+                # taking from the caches only what that node holds.
+                request.cache_cap = min(num_held, request.cache_cap - 1)
+                self.num_prefix_misses += 1
+                request.num_computed, request.in_flight, request.params_sent = 0, None, False
+        for request_id, num_cached in msg.cached.items():
+            request = self.requests.get(request_id)
+            if request is not None and request.in_flight == msg.batch_id:
+                request.num_cached = num_cached
         for request_id, error in msg.errors.items():
             request = self.requests.get(request_id)
             if request is not None and request.in_flight == msg.batch_id:
@@ -325,7 +342,7 @@ class ClusterEngine:
         request.num_reroutes += 1
         self._release(request)
         request.route, request.num_computed, request.in_flight = None, 0, None
-        request.params_sent = False
+        request.params_sent, request.cache_cap = False, NO_CAP
         if request.num_reroutes > 5:
             request.error = f"gave up after {request.num_reroutes} reroutes: {reason}"
             self._finish(request, "error")
@@ -408,6 +425,7 @@ class ClusterEngine:
                     0,
                     n == remaining,
                     None if request.params_sent else wire_params(request.params),
+                    cache_cap=self._cache_cap(request),
                 )
             )
             request.params_sent = True
@@ -417,6 +435,11 @@ class ClusterEngine:
             for request in group:
                 if request.in_flight == batch_id:
                     request.in_flight = None
+
+    def _cache_cap(self, request: ClusterRequest) -> int:
+        if not self.enable_prefix_caching or request.num_computed > 0:
+            return -1
+        return request.cache_cap
 
     def _finish(self, request: ClusterRequest, reason: str) -> None:
         request.output.finish_reason = reason
@@ -443,4 +466,5 @@ class ClusterEngine:
             [m.output for m in members],
             all(m.finished for m in members),
             next((m.error for m in members if m.error), None),
+            num_cached_tokens=first.num_cached,
         )

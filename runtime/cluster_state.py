@@ -26,6 +26,10 @@ class NodeInfo:
     gpu_kind: str = "unknown"
 
 
+NO_CAP = 1 << 40
+"""No limit on prefix-cache use."""
+
+
 @dataclass
 class ClusterRequest:
     """One sample of a request: its tokens so far, its route and what is in flight."""
@@ -45,6 +49,10 @@ class ClusterRequest:
     reserved: int = 0
     error: str | None = None
     num_reroutes: int = 0
+    cache_cap: int = NO_CAP
+    """The most prompt tokens its route may take from prefix caches (lowered by a prefix miss)."""
+    num_cached: int = 0
+    """Prompt tokens its first pass took from the route's prefix caches."""
 
     @property
     def finished(self) -> bool:
@@ -52,7 +60,9 @@ class ClusterRequest:
 
 
 def wire_params(params: SamplingParams) -> dict[str, Any]:
-    """The sampling fields the last node of a route needs (sent once per request)."""
+    """The sampling fields every node of a route needs (sent with a request's first pass): the
+    last one samples; all of them salt their prefix-cache hashes with `cache_salt`."""
+    salt = params.extra.get("cache_salt")
     return {
         "temperature": params.temperature,
         "top_p": params.top_p,
@@ -61,4 +71,5 @@ def wire_params(params: SamplingParams) -> dict[str, Any]:
         "seed": params.seed,
         "max_tokens": params.max_tokens,
         "logprobs": params.logprobs,
+        "extra": {} if salt is None else {"cache_salt": str(salt)},
     }

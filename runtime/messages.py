@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
-VERSION = 1
+VERSION = 2
 MAX_FRAME_BYTES = 256 << 20
 """Largest accepted frame; bigger ones are rejected (a 256 MiB activation batch is a bug)."""
 DTYPE_SIZES = {"float32": 4, "bfloat16": 2, "float16": 2, "int64": 8, "int32": 4}
@@ -83,6 +83,11 @@ class SeqWork:
     """Sampling parameters, sent once with the request's first pass (the diff rule)."""
     layer_start: int = -1
     """First layer to run on this node (partial inference); -1 = the node's own start."""
+    cache_cap: int = -1
+    """On a pass from token 0: the most prompt tokens the route may take from its nodes' prefix
+    caches (-1: compute everything). See node_prefix.py."""
+    prefix_hashes: list[bytes] = field(default_factory=list)
+    """Set by the route's first node: the cached blocks it skipped (the pass starts after them)."""
 
 
 @dataclass
@@ -114,6 +119,10 @@ class Sampled(Message):
     """Requests the node could not run (e.g. out of KV blocks), with the reason."""
     top_logprobs: dict[str, list[list[float]]] = field(default_factory=dict)
     """Per request that asked for logprobs=k: the k best [token, logprob] pairs, best first."""
+    cached: dict[str, int] = field(default_factory=dict)
+    """Prompt tokens a request's first pass took from the route's prefix caches."""
+    prefix_misses: dict[str, int] = field(default_factory=dict)
+    """Requests dropped because this node lacked their skipped prefix: the tokens it holds."""
 
 
 @dataclass
@@ -214,6 +223,11 @@ def _seq_work(item: Any) -> SeqWork:
         raise FrameError(f"work {work.request_id!r}: token_ids and route must be lists")
     if not 0 <= work.hop < len(work.route):
         raise FrameError(f"work {work.request_id!r}: hop {work.hop} outside its route")
+    hashes = work.prefix_hashes
+    if not isinstance(work.cache_cap, int) or not isinstance(hashes, list):
+        raise FrameError(f"work {work.request_id!r}: bad cache_cap or prefix_hashes")
+    if not all(isinstance(h, bytes) and len(h) == 32 for h in hashes):
+        raise FrameError(f"work {work.request_id!r}: prefix_hashes must be 32-byte digests")
     return work
 
 

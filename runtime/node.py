@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -21,6 +21,14 @@ from .block_pool import BlockPool, OutOfBlocksError
 from .messages import Forward, Heartbeat, Hello, Release, Sampled, SeqWork, Shutdown
 from .model_runner import SeqSlice, batch_inputs
 from .node_load import TokenRate
+from .node_prefix import (
+    PrefixState,
+    commit,
+    first_node_hits,
+    later_node_hits,
+    num_cached_tokens,
+    start_from_cache,
+)
 from .sampler import prepare, sample
 from .sampling_params import SamplingParams
 from .wire import from_wire, to_wire
@@ -34,6 +42,14 @@ class _NodeSeq:
     num_computed: int = 0
     params: SamplingParams | None = None
     generator: torch.Generator | None = None
+    prefix: PrefixState = field(default_factory=PrefixState)
+
+
+class _PrefixMiss(Exception):
+    """This node lacks part of the prefix the route's first node skipped."""
+
+    def __init__(self, num_cached_tokens: int) -> None:
+        self.num_cached_tokens = num_cached_tokens
 
 
 class StageWorker:
@@ -46,7 +62,7 @@ class StageWorker:
         self.stage = stage
         self.block_size = block_size
         self.device = device
-        self.pool = BlockPool(num_kv_blocks, block_size, enable_prefix_caching=False)
+        self.pool = BlockPool(num_kv_blocks, block_size, enable_prefix_caching=True)
         self.kv_caches = stage.allocate_kv_cache(num_kv_blocks, block_size, device=device)
         self.seqs: dict[str, _NodeSeq] = {}
         self.tokens_done = 0
@@ -58,36 +74,69 @@ class StageWorker:
             if seq is not None and seq.block_table:
                 self.pool.free([self.pool.blocks[b] for b in seq.block_table])
 
-    def _admit(self, work: SeqWork) -> tuple[_NodeSeq | None, str | None]:
+    def _admit(self, work: SeqWork) -> tuple[_NodeSeq | None, SeqWork, str | None]:
+        """The request's state for this pass, the pass itself (the first node of a route may
+        shorten it by a cached prefix) or the reason it cannot run. Raises _PrefixMiss."""
         seq = self.seqs.get(work.request_id)
-        if seq is None or work.start == 0:  # new, or replayed from scratch after a reroute
+        if seq is None or work.start == 0 or work.prefix_hashes:  # new, or replayed from scratch
             self.release([work.request_id])
             seq = self.seqs[work.request_id] = _NodeSeq()
+            seq.prefix.skipped_layers = max(0, work.layer_start - self.stage.start)
         if work.params is not None:
             seq.params = SamplingParams(**work.params)
+            salt = seq.params.extra.get("cache_salt")
+            seq.prefix.salt = None if salt is None else str(salt)
             if seq.params.seed is not None:
                 seq.generator = torch.Generator().manual_seed(seq.params.seed)
+        if work.prefix_hashes:  # the route's first node skipped these cached blocks
+            hits = later_node_hits(self.pool, seq.prefix, work.prefix_hashes)
+            if hits is None:
+                raise _PrefixMiss(num_cached_tokens(self.pool, seq.prefix, work.prefix_hashes))
+            seq.block_table = start_from_cache(self.pool, seq.prefix, hits, work.prefix_hashes)
+            seq.num_computed = len(hits) * self.block_size
+        elif work.start == 0 and work.cache_cap > 0:
+            hits, hashes = first_node_hits(self.pool, seq.prefix, work.token_ids, work.cache_cap)
+            if hits:
+                seq.block_table = start_from_cache(self.pool, seq.prefix, hits, hashes)
+                skip = seq.num_computed = len(hits) * self.block_size
+                work = replace(
+                    work,
+                    start=skip,
+                    num_tokens=work.num_tokens - skip,
+                    token_ids=work.token_ids[skip:],
+                    prefix_hashes=hashes,
+                )
         if work.start != seq.num_computed:
-            return None, (
-                f"{self.name}: KV holds {seq.num_computed} tokens of "
-                f"{work.request_id!r} but the pass starts at {work.start}"
+            return (
+                None,
+                work,
+                (
+                    f"{self.name}: KV holds {seq.num_computed} tokens of "
+                    f"{work.request_id!r} but the pass starts at {work.start}"
+                ),
             )
         need = -(-(work.start + work.num_tokens) // self.block_size) - len(seq.block_table)
         if need > 0:
             try:
                 seq.block_table += [b.block_id for b in self.pool.allocate(need)]
             except OutOfBlocksError:
-                return None, f"{self.name}: out of KV blocks"
-        return seq, None
+                return None, work, f"{self.name}: out of KV blocks"
+        return seq, work, None
 
     @torch.inference_mode()
     def forward(self, msg: Forward) -> tuple[list[tuple[str, Forward]], Sampled | None]:
         """Run a micro-batch: messages for the next nodes, and samples for the coordinator."""
         hidden_in = None if msg.hidden is None else from_wire(msg.hidden, self.device)
-        rows, items, works, errors = [], [], [], {}
+        rows, items, works, errors, misses = [], [], [], {}, {}
         offset = 0
-        for work in msg.work:
-            seq, error = self._admit(work)
+        for received in msg.work:
+            try:
+                seq, work, error = self._admit(received)
+            except _PrefixMiss as miss:
+                misses[received.request_id] = miss.num_cached_tokens
+                self.release([received.request_id])
+                offset += received.num_tokens
+                continue
             if seq is None:
                 errors[work.request_id] = error or "rejected"
                 self.release([work.request_id])
@@ -104,7 +153,7 @@ class StageWorker:
                 )
                 works.append(work)
                 rows.append(torch.arange(offset, offset + work.num_tokens))
-            offset += work.num_tokens
+            offset += received.num_tokens  # rows of `hidden_in` (only later nodes get one)
         outgoing: list[tuple[str, Forward]] = []
         tokens: dict[str, int] = {}
         logprobs: dict[str, float] = {}
@@ -124,7 +173,9 @@ class StageWorker:
             )
             hidden = self.stage(x, step.positions, self.kv_caches, step.meta, first_layer=first)
             for work in group:
-                self.seqs[work.request_id].num_computed = work.start + work.num_tokens
+                seq = self.seqs[work.request_id]
+                seq.num_computed = work.start + work.num_tokens
+                commit(self.pool, seq.prefix, seq.block_table, work.start, work.token_ids)
             self.tokens_done += len(step.positions)
             self.rate.add(len(step.positions))
             if step.sampled_rows:
@@ -138,11 +189,15 @@ class StageWorker:
         computed = {
             w.request_id: w.start + w.num_tokens for w in works if w.hop == len(w.route) - 1
         }
+        cached = {
+            w.request_id: w.start for w in works if w.prefix_hashes and w.hop == len(w.route) - 1
+        }
         sampled = None
-        if computed or errors:
+        if computed or errors or misses:
             sampled = Sampled(
-                msg.batch_id, self.name, tokens, computed, logprobs, errors, top_logprobs
-            )
+                msg.batch_id, self.name, tokens, computed, logprobs, errors, top_logprobs,
+                cached, misses,
+            )  # fmt: skip
         return outgoing, sampled
 
     def _sample(
@@ -173,17 +228,7 @@ class StageWorker:
             if work.hop == len(work.route) - 1:
                 continue
             nxt = work.route[work.hop + 1]
-            forwarded = SeqWork(
-                work.request_id,
-                work.start,
-                work.num_tokens,
-                work.token_ids,
-                work.route,
-                work.hop + 1,
-                work.sample,
-                work.params,
-                layer_start=self.stage.end,
-            )
+            forwarded = replace(work, hop=work.hop + 1, layer_start=self.stage.end)
             entry = by_next.setdefault(nxt, ([], []))
             entry[0].append(forwarded)
             entry[1].append(rows)

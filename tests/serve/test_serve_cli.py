@@ -74,5 +74,6 @@ def test_cluster_mode_passes_engine_flags_to_the_nodes_and_the_coordinator() -> 
     node_args = cluster_node_args(args)
     assert node_args[:2] == ["--kv-cache-memory-gb", "0.25"]
     assert node_args[2:6] == ["--dtype", "bfloat16", "--block-size", "32"]
-    with pytest.raises(ValueError, match="--enable-prefix-caching"):
-        cluster_node_args(_parse("--enable-prefix-caching"))
+    assert cluster_engine_args(_parse("--no-enable-prefix-caching")) == {
+        "enable_prefix_caching": False
+    }
