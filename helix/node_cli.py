@@ -18,7 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--model", default=None, help="weights to load (default: the cluster's model)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--kv-cache-memory-gb", type=float, default=0.5)
+    p.add_argument("--kv-cache-memory-gb", type=float, default=0.5, help="KV cache size (0.5)")
+    p.add_argument(
+        "--gpu-memory-utilization", type=float, default=None, metavar="F",
+        help="size the KV cache to fill this fraction of the device's memory (host RAM on a "
+        "CPU), weights included; overrides --kv-cache-memory-gb",
+    )  # fmt: skip
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
@@ -33,6 +38,7 @@ def cmd(args: argparse.Namespace) -> int:
     from helix.report import load_plan
     from helix.runtime.cluster_launch import runtime_model
     from helix.runtime.engine_setup import _DTYPES, kv_block_bytes, resolve_device
+    from helix.runtime.kv_budget import num_kv_blocks
     from helix.runtime.loader import load_stage
     from helix.runtime.node import serve_node
 
@@ -64,13 +70,11 @@ def cmd(args: argparse.Namespace) -> int:
         attention_backend=args.attention_backend,
         device=device,
     )
-    num_blocks = args.num_kv_blocks or max(
-        1,
-        int(
-            args.kv_cache_memory_gb
-            * 1e9
-            // kv_block_bytes(config, stage.num_local_layers, args.block_size, dtype)
-        ),
+    num_blocks = args.num_kv_blocks or num_kv_blocks(
+        kv_block_bytes(config, stage.num_local_layers, args.block_size, dtype),
+        device,
+        args.kv_cache_memory_gb,
+        args.gpu_memory_utilization,
     )
     peers = {name: str(address) for name, address in addresses.items() if address}
     serve_node(

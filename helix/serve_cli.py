@@ -14,7 +14,7 @@ _DEFAULT_MODEL = "smollm2-135m"
 _ENGINE_FLAGS = (
     "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
     "enable_prefix_caching", "scheduling_policy", "dtype", "attention_backend",
-    "kv_cache_memory_gb", "device", "seed",
+    "kv_cache_memory_gb", "gpu_memory_utilization", "device", "seed",
 )  # fmt: skip
 
 
@@ -52,6 +52,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
     p.add_argument("--attention-backend", choices=("torch", "triton", "pallas"), default=None)
     p.add_argument("--kv-cache-memory-gb", type=float, default=None, metavar="GB")
+    p.add_argument("--gpu-memory-utilization", type=float, default=None, metavar="F",
+                   help="fill this fraction of the device's memory (host RAM on a CPU), weights "
+                   "included; the KV cache gets the rest (overrides --kv-cache-memory-gb)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--seed", type=int, default=None, help="seed of the shared sampling stream")
     p.add_argument("--max-request-bytes", type=int, default=1 << 20, help="larger bodies get 413")
@@ -126,7 +129,7 @@ def start_cluster(args: argparse.Namespace) -> Any:
 def cluster_node_args(args: argparse.Namespace) -> list[str]:
     """`helix node` flags for the engine flags that act on every node."""
     node_args = ["--kv-cache-memory-gb", str(args.kv_cache_memory_gb or 0.5)]
-    for flag in ("dtype", "block_size", "attention_backend", "device"):
+    for flag in ("dtype", "block_size", "attention_backend", "device", "gpu_memory_utilization"):
         if getattr(args, flag) is not None:
             node_args += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     return node_args

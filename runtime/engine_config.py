@@ -24,6 +24,9 @@ class EngineConfig:
     """Tokens per KV block."""
     kv_cache_memory_gb: float = 1.0
     """Memory for the KV cache (ignored when num_kv_blocks is given)."""
+    gpu_memory_utilization: float | None = None
+    """Fraction of the device's memory (host RAM on a CPU) this engine may fill, weights included;
+    the KV cache gets what the weights leave of it. Overrides kv_cache_memory_gb when given."""
     num_kv_blocks: int | None = None
     """Exact KV pool size in blocks (tests use tiny pools to force preemption)."""
     max_num_seqs: int = 64
@@ -48,6 +51,9 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
         if not self.kv_cache_memory_gb > 0:
             raise ValueError(f"kv_cache_memory_gb must be > 0, got {self.kv_cache_memory_gb}")
+        utilization = self.gpu_memory_utilization
+        if utilization is not None and not 0 < utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {utilization}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks must be >= 1, got {self.num_kv_blocks}")
         for name in ("max_num_seqs", "max_num_batched_tokens"):

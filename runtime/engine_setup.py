@@ -9,6 +9,7 @@ import torch
 
 from .block_pool import BlockPool
 from .engine_config import EngineConfig
+from .kv_budget import num_kv_blocks
 from .model_config import ModelConfig
 from .model_runner import ModelRunner
 from .scheduler import Scheduler, SchedulerConfig
@@ -89,13 +90,11 @@ def build_node(config: EngineConfig, start: int = 0, end: int | None = None) -> 
             f"max_model_len {max_model_len} exceeds the model's "
             f"{model_config.max_position_embeddings} positions"
         )
-    num_blocks = config.num_kv_blocks or max(
-        1,
-        int(
-            config.kv_cache_memory_gb
-            * 1e9
-            // kv_block_bytes(model_config, stage.num_local_layers, config.block_size, dtype)
-        ),
+    num_blocks = config.num_kv_blocks or num_kv_blocks(
+        kv_block_bytes(model_config, stage.num_local_layers, config.block_size, dtype),
+        device,
+        config.kv_cache_memory_gb,
+        config.gpu_memory_utilization,
     )
     kv_caches = stage.allocate_kv_cache(num_blocks, config.block_size, dtype, device)
     pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
