@@ -1,13 +1,17 @@
 """Sharded-runtime benchmark: local pipelines against the one-process engine, and routing quality.
 
-    python benchmarks/pipeline.py [--batch 32] [--new-tokens 32] [--stages 2 4]
+    python benchmarks/pipeline.py [--batch 32] [--new-tokens 32] [--stages 2 4] [--model M]
 
 1. Throughput of 2- and 4-stage local pipelines (node processes over ipc://) against the one-process
    engine on the same random-weight Llama and workload; overhead = 1 - pipeline / one process.
    All processes share this machine's cores, so this measures the runtime's overhead, not speed-up.
 2. Bytes moved per token between stages (hidden states) and the mean time a pass spends per hop.
-3. Routing on a cluster of unequal nodes (one node given fewer threads): max-flow IWRR routing
-   against random and round-robin routing, same workload.
+3. Routing on a cluster of unequal nodes (b_slow runs in bf16, slow on a CPU): max-flow IWRR
+   routing against random and round-robin routing, same workload. The plan's profiles come from
+   this run: b_slow's speed relative to b_fast is the measured bf16/fp32 throughput ratio.
+
+--model takes a built-in name or checkpoint (e.g. smollm2-135m, the real model); the default is a
+random 8-layer Llama with hidden size 512.
 """
 
 from __future__ import annotations
@@ -47,9 +51,14 @@ def build_model(folder: Path, layers: int = 8) -> Path:
     return folder
 
 
-def cluster(model: Path, names: list[str], kinds: dict[str, str] | None = None):
+def cluster(
+    model: str, names: list[str], layers: int, kinds: dict[str, str] | None = None,
+    slow_ratio: float = 0.5,
+):  # fmt: skip
+    """`slow` nodes run at `slow_ratio` of a `fast` node's speed; `big` ones at twice it."""
     kinds = kinds or {}
     spec = {"memory_gb": 16, "bf16_tflops": 10, "hbm_gbps": 100}
+    speed = {"fast": 800.0, "slow": 800.0 * slow_ratio, "big": 1600.0}
     return cluster_from_dict(
         {
             "model": str(model),
@@ -57,17 +66,17 @@ def cluster(model: Path, names: list[str], kinds: dict[str, str] | None = None):
             "nodes": [{"name": n, "gpu": kinds.get(n, "fast")} for n in names],
             "network": {"default": {"gbps": 10, "latency_ms": 0.1}},
             "profiles": {
-                "fast": {"max_layers": 8, "tokens_per_s": [800 / k for k in range(1, 9)]},
-                "slow": {"max_layers": 8, "tokens_per_s": [400 / k for k in range(1, 9)]},
+                kind: {"max_layers": layers, "tokens_per_s": [v / k for k in range(1, layers + 1)]}
+                for kind, v in speed.items()
             },
         }
     )
 
 
-def workload(batch: int, seed: int = 0) -> list[dict]:
+def workload(batch: int, vocab: int = 32000, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     return [
-        {"prompt_token_ids": [rng.randrange(3, 32000) for _ in range(rng.randint(16, 64))]}
+        {"prompt_token_ids": [rng.randrange(3, vocab) for _ in range(rng.randint(16, 64))]}
         for _ in range(batch)
     ]
 
@@ -92,33 +101,49 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--stages", type=int, nargs="*", default=[2, 4])
+    parser.add_argument("--model", default=None, help="name or checkpoint (default: random)")
     args = parser.parse_args()
-    model = build_model(Path(tempfile.mkdtemp(prefix="helix-pipe-")))
-    prompts = workload(args.batch)
-    one = timed(LLM(str(model), kv_cache_memory_gb=0.5), prompts, args.new_tokens)
-    print(f"one process: {one:.1f} tokens/s (batch {args.batch}, {args.new_tokens} new tokens)")
+    from helix.runtime.loader import read_model_config
+
+    if args.model:
+        model = args.model
+    else:
+        model = str(build_model(Path(tempfile.mkdtemp(prefix="helix-pipe-"))))
+    config = read_model_config(model)
+    layers, vocab = config.num_layers, config.vocab_size
+    prompts = workload(args.batch, vocab)
+    one = timed(LLM(model, kv_cache_memory_gb=0.5), prompts, args.new_tokens)
+    print(
+        f"model {args.model or 'random'} ({layers} layers, hidden {config.hidden_size}); "
+        f"one process: {one:.1f} tokens/s (batch {args.batch}, {args.new_tokens} new tokens)"
+    )
     for stages in args.stages:
         names = [f"s{i}" for i in range(stages)]
-        spec = cluster(model, names)
+        spec = cluster(model, names, layers)
         plan = build_plan(
             build_problem(spec),
-            stage_placement(names, 8),
+            stage_placement(names, layers),
             solver=SolverInfo("manual", 0, "manual"),
             bound=0,
         )
         with LocalCluster(spec, plan, node_args=["--kv-cache-memory-gb", "0.3"]) as local:
             tput = timed(LLM.from_engine(local.engine), prompts, args.new_tokens)
             sent = local.engine.endpoint.push
-        hidden_bytes = 512 * 4
+        hidden_bytes = config.hidden_size * 4
         print(
             f"{stages}-stage pipeline: {tput:.1f} tokens/s = {tput / one:.2f}x one process "
             f"(overhead {1 - tput / one:.0%}); {hidden_bytes * (stages - 1)} bytes of hidden "
             f"state per token between stages ({len(sent)} coordinator links)"
         )
-    # Routing quality on unequal nodes: a [0, 4) feeding b_fast and b_slow holding [4, 8).
+    # Routing quality on unequal nodes: a [0, L/2) feeding b_fast and b_slow holding [L/2, L).
+    # b_slow runs in bf16; how much slower that is on this CPU is measured, not assumed.
+    bf16 = timed(LLM(model, kv_cache_memory_gb=0.5, dtype="bfloat16"), prompts, args.new_tokens)
+    ratio = bf16 / one
+    print(f"measured: bf16 {bf16:.1f} tokens/s = {ratio:.2f}x fp32 (b_slow's profile)")
     names = ["a", "b_fast", "b_slow"]
-    spec = cluster(model, names, {"a": "big", "b_slow": "slow"})
-    placement = {"a": (0, 4), "b_fast": (4, 8), "b_slow": (4, 8)}
+    spec = cluster(model, names, layers, {"a": "big", "b_slow": "slow"}, slow_ratio=ratio)
+    half = layers // 2
+    placement = {"a": (0, half), "b_fast": (half, layers), "b_slow": (half, layers)}
     plan = build_plan(
         build_problem(spec), placement, solver=SolverInfo("manual", 0, "manual"), bound=0
     )
