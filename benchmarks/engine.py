@@ -2,9 +2,11 @@
 
     python benchmarks/engine.py [--batches 1 8 32 64] [--new-tokens 128] [--dtypes float32 bfloat16]
 
-Prints decode throughput and the ratio to HF for each batch and dtype, the fraction of the memory
-bandwidth limit at batch 1, time to first token on a shared-prefix workload with and without prefix
-caching, and KV waste (allocated but unused slots) under a mixed workload.
+Prints decode throughput and the ratio to HF (and to llama.cpp on the same weights, exported to a
+GGUF in the same precision, when llama-cpp-python is installed; "-" otherwise) for each batch and
+dtype, the fraction of the memory bandwidth limit at batch 1, time to first token on a
+shared-prefix workload with and without prefix caching, and KV waste (allocated but unused slots)
+under a mixed workload.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import llamacpp  # noqa: E402  (benchmarks/llamacpp.py, next to this script)
 import torch  # noqa: E402
 
 from helix import LLM, SamplingParams  # noqa: E402
@@ -103,6 +106,20 @@ def hf_decode(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
     return batch * new_tokens / (time.perf_counter() - start)
 
 
+def same_greedy(llm: LLM, cpp: llamacpp.LlamaCpp, new_tokens: int = 16) -> str:
+    """How many of 4 prompts get the same greedy ids from llama.cpp as from helix."""
+    prompts = prompts_of(4, 16, seed=5)
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    ours = [
+        o.outputs[0].token_ids
+        for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    ]
+    theirs = cpp.generate(prompts, new_tokens)
+    return (
+        f"{sum(a == b for a, b in zip(ours, theirs))}/{len(prompts)} prompts ({new_tokens} tokens)"
+    )
+
+
 def shared_prefix_ttft(folder: Path, caching: bool) -> float:
     llm = LLM(str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5)
     prefix = prompts_of(1, 512, seed=1)[0]
@@ -153,7 +170,11 @@ def main() -> None:
         f"model: random Llama {args.size} at {folder}; measured bandwidth {bandwidth:.1f} GB/s; "
         f"torch threads {torch.get_num_threads()}"
     )
-    print(f"{'dtype':9s} {'batch':>5s} {'helix tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s}")
+    have_llamacpp = llamacpp.available()
+    print(
+        f"{'dtype':9s} {'batch':>5s} {'helix tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s} "
+        f"{'llama.cpp':>10s} {'ratio':>6s}"
+    )
     for dtype in args.dtypes:
         llm = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0)
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
@@ -162,14 +183,27 @@ def main() -> None:
             for p in hf.parameters()
             if p is not hf.get_input_embeddings().weight
         )
+        cpp = None
+        if have_llamacpp:
+            gguf = llamacpp.export_gguf(folder, dtype)
+            cpp = llamacpp.LlamaCpp(gguf, dtype, max(args.batches), 16 + args.new_tokens + 8)
+            print(f"{dtype}: llama.cpp greedy ids equal helix's: {same_greedy(llm, cpp)}")
         for batch in args.batches:
             ours = helix_decode(llm, batch, args.new_tokens)
             theirs = hf_decode(hf, batch, args.new_tokens)
             line = f"{dtype:9s} {batch:5d} {ours:12.1f} {theirs:10.1f} {ours / theirs:5.2f}x"
+            if cpp is not None:
+                prompts = prompts_of(batch, 16)
+                other = llamacpp.llamacpp_decode(cpp, prompts, args.new_tokens)
+                line += f" {other:10.1f} {ours / other:5.2f}x"
+            else:
+                line += f" {'-':>10s} {'-':>6s}"
             if batch == 1:
                 limit = bandwidth * 1e9 / weight_bytes
                 line += f"   bandwidth limit {limit:.1f} tok/s -> {ours / limit:.0%} of it"
             print(line, flush=True)
+        if cpp is not None:
+            cpp.close()
         del llm, hf
     with_cache = shared_prefix_ttft(folder, True)
     without = shared_prefix_ttft(folder, False)

@@ -105,10 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     from helix.runtime.loader import read_model_config
 
-    if args.model:
-        model = args.model
-    else:
-        model = str(build_model(Path(tempfile.mkdtemp(prefix="helix-pipe-"))))
+    model = args.model or str(build_model(Path(tempfile.mkdtemp(prefix="helix-pipe-"))))
     config = read_model_config(model)
     layers, vocab = config.num_layers, config.vocab_size
     prompts = workload(args.batch, vocab)

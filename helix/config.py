@@ -274,9 +274,17 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
                 "dtype",
                 "prompt_layer_ms_by_tokens",
                 "decode_layer_ms_by_batch",
+                "head_ms_by_batch",
+                "threads",
+                "statistic",
             },
             path,
         )
+        threads = entry.get("threads")
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise SpecError(f"{path}.threads", f"must be a positive integer, got {threads!r}")
         from helix.planner.sim_compute import parse_layer_tables
 
         tables = parse_layer_tables(entry, path)
@@ -297,6 +305,7 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
                 None if decode is None else float(decode),
                 None if tables is None else tables.prompt_layer_ms_by_tokens,
                 None if tables is None else tables.decode_layer_ms_by_batch,
+                None if tables is None else tables.head_ms_by_batch or None,
             )
         except SpecError as exc:
             raise SpecError(f"{path}.{exc.path}", exc.message) from None
@@ -353,7 +362,7 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
     }
     if profile.decode_layer_ms is not None:
         out["decode_layer_ms"] = profile.decode_layer_ms
-    for key in ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch"):
+    for key in ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch", "head_ms_by_batch"):
         table = getattr(profile, key)
         if table is not None:
             out[key] = {int(n): float(ms) for n, ms in table}

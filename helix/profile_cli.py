@@ -11,8 +11,18 @@ The file holds one GPU kind named after the device, ready to paste under a clust
       max_layers: 30
       tokens_per_s: [T(1), ..., T(30)]
       decode_layer_ms: 0.41
+      threads: 2
+      statistic: median
       prompt_layer_ms_by_tokens: {1: 0.3, 8: 0.5, ...}
       decode_layer_ms_by_batch: {1: 0.3, 8: 0.41, ...}
+      head_ms_by_batch: {1: 2.1, 8: 3.0, ...}
+
+`head_ms_by_batch` is what the last stage of a pipeline adds per pass: final norm, LM head and
+greedy sampling of N sequences (the simulator charges it to the node holding the last layer).
+`threads` is the torch thread count the times were taken with (`--threads`; a local node started
+by LocalCluster gets cores // nodes threads, so profile with that). `statistic` says which of the
+repeated runs each time is: the median (default; what a node serving back to back sees) or the
+fastest (`--statistic min`).
 
 T(k) uses the cost model's accounting (a 750-token prompt and 240 decode steps per request) with
 the measured tables, decode batched at the largest measured batch: T(k) = T(1) / k, since KV room
@@ -69,6 +79,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         metavar="K",
         help="stage sizes [0, K) to time; the per-layer time is the slope",
     )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    p.add_argument(
+        "--prompt-len",
+        type=int,
+        default=512,
+        metavar="TOKENS",
+        help="a prompt batch is made of prompts this long (default 512)",
+    )
+    p.add_argument(
+        "--decode-batches",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="decode batch sizes, when not those of --batch-tokens",
+    )
+    p.add_argument(
+        "--statistic",
+        default="median",
+        choices=["median", "min"],
+        help="median (default) or fastest of the repeated runs",
+    )
     p.add_argument("--kind", default=None, help="GPU kind to file it under (default: device name)")
     p.add_argument(
         "--min-time",
@@ -95,6 +129,10 @@ def cmd(args: argparse.Namespace) -> int:
         context_tokens=args.context,
         layer_counts=args.layers,
         min_time_s=args.min_time,
+        threads=args.threads,
+        prompt_seq_tokens=args.prompt_len,
+        decode_batches=args.decode_batches,
+        statistic=args.statistic,
     )
     kind = args.kind or timings.kind
     text = yaml.safe_dump({kind: profile_entry(timings)}, sort_keys=False)
@@ -122,16 +160,22 @@ def profile_entry(timings: LayerTimings, max_layers: int | None = None) -> dict[
         round(typical_tokens_per_s(layer_cost, k, batch, cost.prompt_tokens, cost.decode_tokens), 3)
         for k in range(1, layers + 1)
     ]
-    return {
+    entry: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": timings.model,
         "dtype": timings.dtype,
         "max_layers": layers,
         "tokens_per_s": tokens,
         "decode_layer_ms": round(layer_cost.decode_s(batch, 0) * 1e3, 6),
-        "prompt_layer_ms_by_tokens": dict(sorted(timings.prompt_layer_ms.items())),
-        "decode_layer_ms_by_batch": dict(sorted(timings.decode_layer_ms.items())),
     }
+    if timings.threads is not None:
+        entry["threads"] = timings.threads
+    entry["statistic"] = timings.statistic
+    entry["prompt_layer_ms_by_tokens"] = dict(sorted(timings.prompt_layer_ms.items()))
+    entry["decode_layer_ms_by_batch"] = dict(sorted(timings.decode_layer_ms.items()))
+    if timings.head_ms:
+        entry["head_ms_by_batch"] = dict(sorted(timings.head_ms.items()))
+    return entry
 
 
 def load_profile(path: str | Path) -> dict[str, tuple[Profile, LayerTables, dict[str, Any]]]:
@@ -197,10 +241,12 @@ def _print_table(kind: str, timings: LayerTimings, path: str) -> None:
     table.add_column("N", justify="right")
     table.add_column("prompt of N tokens", justify="right")
     table.add_column(f"decode of N seqs (context {timings.context_tokens})", justify="right")
-    for n in sorted(timings.prompt_layer_ms):
-        table.add_row(
-            str(n), f"{timings.prompt_layer_ms[n]:.4f}", f"{timings.decode_layer_ms[n]:.4f}"
-        )
+    head = timings.head_ms or {}
+    table.add_column("LM head + sampling of N seqs (ms)", justify="right")
+    prompt, decode = timings.prompt_layer_ms, timings.decode_layer_ms
+    for n in sorted(set(prompt) | set(decode)):
+        cells = [f"{t[n]:.4f}" if n in t else "-" for t in (prompt, decode, head)]
+        table.add_row(str(n), *cells)
     console = Console()
     console.print(table)
     console.print(f"profile written to {path}")

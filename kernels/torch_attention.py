@@ -9,11 +9,13 @@ Three layers, as in every kernel module:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .backend import AttentionBackend
-from .validate import check_decode, check_prefill, check_values, check_write_kv
+from .validate import CacheDims, check_decode, check_prefill, check_values, check_write_kv
 
 # ---------------------------------------------------------------------------------------------
 # Ground truth: loops, float64, no SDPA.
@@ -89,12 +91,15 @@ def torch_write_kv(
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
     v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D], mutated
     slot_mapping: torch.Tensor,  # [T] int64
+    all_kept: bool | None = None,  # every slot >= 0, when the caller already knows
 ) -> None:
     block_size = k_cache.shape[1]
-    keep = slot_mapping >= 0  # [T]
-    if bool(keep.all()):
+    if all_kept is None:
+        all_kept = bool((slot_mapping >= 0).all())
+    if all_kept:
         slots, key, value = slot_mapping, key, value
     else:
+        keep = slot_mapping >= 0  # [T]
         slots, key, value = slot_mapping[keep], key[keep], value[keep]  # [T'] (T' <= T)
     if k_cache.is_contiguous() and v_cache.is_contiguous():
         # NOTE(kernels): index_copy_ on the flat [slots, Hkv, D] view; advanced-index assignment
@@ -153,6 +158,48 @@ def torch_prefill(
     return out
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """What a decode step's attention needs from its metadata, built once and shared by layers."""
+
+    blocks: torch.Tensor  # [B * n] int64, the first n blocks of each table, clamped in range
+    bias: torch.Tensor  # [B, 1, 1, n * block_size] fp32: 0 for keys < seq_len, else -inf
+
+
+def decode_plan(
+    block_tables: torch.Tensor,  # [B, M]
+    seq_lens: torch.Tensor,  # [B]
+    max_seq_len: int,
+    num_blocks: int,
+    block_size: int,
+) -> DecodePlan:
+    num_used = -(-max_seq_len // block_size)
+    # Entries past a sequence's last block may be garbage: clamp them, the bias hides them.
+    table = block_tables[:, :num_used].long().clamp(0, num_blocks - 1)  # [B, n]
+    key_pos = torch.arange(num_used * block_size, device=seq_lens.device)  # [S]
+    visible = key_pos[None, :] < seq_lens[:, None]  # [B, S]
+    bias = torch.zeros(visible.shape, dtype=torch.float32, device=seq_lens.device)
+    bias.masked_fill_(~visible, float("-inf"))
+    return DecodePlan(table.flatten(), bias[:, None, None, :])
+
+
+def decode_with_plan(
+    q: torch.Tensor,  # [B, H, D]
+    k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
+    plan: DecodePlan,
+    scale: float,
+) -> torch.Tensor:  # [B, H, D]
+    batch = q.shape[0]
+    gathered = (batch, plan.bias.shape[-1], *k_cache.shape[2:])  # [B, n * block_size, Hkv, D]
+    k = k_cache.index_select(0, plan.blocks).view(gathered).transpose(1, 2).float()
+    v = v_cache.index_select(0, plan.blocks).view(gathered).transpose(1, 2).float()
+    out = F.scaled_dot_product_attention(
+        q[:, :, None, :].float(), k, v, attn_mask=plan.bias, scale=scale, enable_gqa=True
+    )  # [B, H, 1, D]
+    return out[:, :, 0].to(q.dtype)
+
+
 def torch_decode(
     q: torch.Tensor,  # [B, H, D]
     k_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
@@ -163,34 +210,35 @@ def torch_decode(
     max_seq_len: int,
 ) -> torch.Tensor:  # [B, H, D]
     num_blocks, block_size = k_cache.shape[:2]
-    num_used = -(-max_seq_len // block_size)
-    # Entries past a sequence's last block may be garbage: clamp them, the mask hides them.
-    table = block_tables[:, :num_used].long().clamp(0, num_blocks - 1)  # [B, n]
-    batch = table.shape[0]
-    gathered = (batch, num_used * block_size, *k_cache.shape[2:])  # [B, n * block_size, Hkv, D]
-    k = k_cache.index_select(0, table.flatten()).view(gathered).transpose(1, 2).float()
-    v = v_cache.index_select(0, table.flatten()).view(gathered).transpose(1, 2).float()
-    key_pos = torch.arange(k.shape[2], device=q.device)  # [S]
-    mask = key_pos[None, :] < seq_lens[:, None]  # [B, S]
-    out = F.scaled_dot_product_attention(
-        q[:, :, None, :].float(),
-        k,
-        v,
-        attn_mask=mask[:, None, None, :],
-        scale=scale,
-        enable_gqa=True,
-    )  # [B, H, 1, D]
-    return out[:, :, 0].to(q.dtype)
+    plan = decode_plan(block_tables, seq_lens, max_seq_len, num_blocks, block_size)
+    return decode_with_plan(q, k_cache, v_cache, plan, scale)
+
+
+def _same(kept: torch.Tensor, given: torch.Tensor) -> bool:
+    return kept.device == given.device and torch.equal(kept, given)
 
 
 class TorchAttention(AttentionBackend):
-    """Vectorised torch; runs on any device torch supports."""
+    """Vectorised torch; runs on any device torch supports.
+
+    Every layer of a step passes the same metadata, so decode keeps the last ``DecodePlan``
+    (and write_kv whether every slot is kept) with copies of the tensors it came from, and
+    reuses it while they are equal: a compare of a few hundred ints instead of a host sync,
+    value checks and the mask per layer.
+    """
 
     name = "torch"
 
+    def __init__(self) -> None:
+        self._plan: tuple[torch.Tensor, torch.Tensor, CacheDims, DecodePlan] | None = None
+        self._slots: tuple[torch.Tensor, bool] | None = None  # slot_mapping copy, all >= 0
+
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
         check_write_kv(key, value, k_cache, v_cache, slot_mapping)
-        torch_write_kv(key, value, k_cache, v_cache, slot_mapping)
+        memo = self._slots
+        if memo is None or not _same(memo[0], slot_mapping):
+            memo = self._slots = (slot_mapping.clone(), bool((slot_mapping >= 0).all()))
+        torch_write_kv(key, value, k_cache, v_cache, slot_mapping, memo[1])
 
     def prefill(self, q, k_cache, v_cache, block_tables, query_start_loc, seq_lens, scale):
         dims = check_prefill(q, k_cache, v_cache, block_tables, query_start_loc, seq_lens)
@@ -200,8 +248,25 @@ class TorchAttention(AttentionBackend):
 
     def decode(self, q, k_cache, v_cache, block_tables, seq_lens, scale):
         dims = check_decode(q, k_cache, v_cache, block_tables, seq_lens)
-        lens = seq_lens.tolist()
-        check_values(q.shape[0], block_tables, list(range(q.shape[0] + 1)), lens, dims)
-        if not lens:
+        if q.shape[0] == 0:
             return torch.empty_like(q)
-        return torch_decode(q, k_cache, v_cache, block_tables, seq_lens, scale, max(lens))
+        return decode_with_plan(
+            q, k_cache, v_cache, self._decode_plan(block_tables, seq_lens, dims), scale
+        )
+
+    def _decode_plan(
+        self, block_tables: torch.Tensor, seq_lens: torch.Tensor, dims: CacheDims
+    ) -> DecodePlan:
+        memo = self._plan  # one read: a plan and copies of the inputs it was built from
+        if (
+            memo is not None
+            and memo[2] == dims
+            and _same(memo[0], block_tables)
+            and _same(memo[1], seq_lens)
+        ):
+            return memo[3]
+        lens = seq_lens.tolist()
+        check_values(len(lens), block_tables, list(range(len(lens) + 1)), lens, dims)
+        plan = decode_plan(block_tables, seq_lens, max(lens), dims.num_blocks, dims.block_size)
+        self._plan = (block_tables.clone(), seq_lens.clone(), dims, plan)
+        return plan

@@ -17,6 +17,11 @@ how `CostModel.tokens_per_s` defines T(k)). Sources, chosen per GPU kind by `com
    busy. A decode iteration never takes less than `decode_layer_ms` per layer when the profile
    gives it (a batch of one still reads all the weights).
 
+**The last stage's extra work.** The node holding the model's last layer also runs the final norm,
+the LM head and sampling for every sequence a pass samples. When the measured tables carry
+`head_ms_by_batch`, `add_head_costs` wraps that node's cost in `StageCost`, which adds it per
+pass (for a 135M model the head weighs as much as ~8 of its 30 layers).
+
 KV capacity always comes from memory: what `CostModel.memory_utilization` of the GPU leaves after
 the node's weights, counted in token-layer entries (one token cached in one layer).
 """
@@ -25,15 +30,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .profile import CostModel
 from .spec import GpuSpec, ModelSpec, Profile, SpecError
 
 TABLE_KEYS = ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch")
 """Profile keys the simulator reads beyond `max_layers`, `tokens_per_s`, `decode_layer_ms`."""
+HEAD_KEY = "head_ms_by_batch"
+"""Optional: ms of final norm + LM head + sampling for N sampled sequences (the last stage)."""
 
 
 @dataclass(frozen=True)
@@ -44,11 +51,13 @@ class LayerTables:
     """One layer, a batch of N prompt tokens (whole prompts)."""
     decode_layer_ms_by_batch: tuple[tuple[int, float], ...]
     """One layer, N sequences decoding one token each (context ~128 when measured)."""
+    head_ms_by_batch: tuple[tuple[int, float], ...] = ()
+    """Last stage only: N sampled sequences through norm, LM head and sampling; () unmeasured."""
 
     def __post_init__(self) -> None:
-        for name in TABLE_KEYS:
+        for name in (*TABLE_KEYS, HEAD_KEY):
             points = getattr(self, name)
-            if not points:
+            if not points and name != HEAD_KEY:
                 raise SpecError(name, "needs at least one {batch: ms} point")
             for n, ms in points:
                 if n < 1 or not ms > 0 or not math.isfinite(ms):
@@ -64,13 +73,17 @@ def parse_layer_tables(entry: Mapping[str, Any], path: str = "profile") -> Layer
     """
     present = [key for key in TABLE_KEYS if entry.get(key) is not None]
     if not present:
+        if entry.get(HEAD_KEY) is not None:
+            raise SpecError(f"{path}.{TABLE_KEYS[0]}", f"missing (it comes with {HEAD_KEY})")
         return None
     if len(present) == 1:
         missing = next(key for key in TABLE_KEYS if key not in present)
         raise SpecError(f"{path}.{missing}", f"missing (it comes with {present[0]})")
     tables: dict[str, tuple[tuple[int, float], ...]] = {}
-    for key in TABLE_KEYS:
-        raw = entry[key]
+    for key in (*TABLE_KEYS, HEAD_KEY):
+        raw = entry.get(key)
+        if raw is None and key == HEAD_KEY:
+            continue
         if not isinstance(raw, Mapping) or not raw:
             raise SpecError(f"{path}.{key}", "must be a non-empty mapping {batch: ms}")
         points = []
@@ -91,8 +104,8 @@ def profile_tables(profile: Profile | None) -> LayerTables | None:
     """The tables a loaded Profile carries (once `Profile` has the two fields), else None."""
     if profile is None:
         return None
-    raw = {key: getattr(profile, key, None) for key in TABLE_KEYS}
-    if all(value is None for value in raw.values()):
+    raw = {key: getattr(profile, key, None) for key in (*TABLE_KEYS, HEAD_KEY)}
+    if all(raw[key] is None for key in TABLE_KEYS):
         return None
     if isinstance(raw[TABLE_KEYS[0]], Mapping):
         return parse_layer_tables(raw)
@@ -188,6 +201,52 @@ class TokenRateCost(LayerCost):
 
     def decode_s(self, num_seqs: int, context_tokens: int) -> float:
         return 0.0 if num_seqs <= 0 else max(self._floor_s, num_seqs * self._token_s)
+
+
+class StageCost(LayerCost):
+    """`inner` plus the last stage's per-pass head time, spread over the node's `num_layers`
+    layers (the simulator multiplies a layer's cost by them, so a pass pays the head once).
+
+    A prompt pass samples one row per prompt; the count is estimated from the batch's sums as
+    tokens^2 / sum of squared lengths (exact for prompts of one length, never more than the
+    count). A pass mixing prompts and decode steps pays the head for each part (one call in the
+    runtime; the head grows less than linearly with rows). Under partial inference a pass
+    running fewer layers pays a smaller share."""
+
+    def __init__(self, inner: LayerCost, num_layers: int, head: tuple[tuple[int, float], ...]):
+        self.inner, self._layers, self._head = inner, num_layers, head
+
+    def _head_s(self, rows: int) -> float:
+        return _interpolate(self._head, rows) / 1e3 / self._layers
+
+    def prompt_s(self, num_tokens: int, sum_sq_tokens: int) -> float:
+        if num_tokens <= 0:
+            return 0.0
+        rows = max(1, round(num_tokens * num_tokens / sum_sq_tokens)) if sum_sq_tokens > 0 else 1
+        return self.inner.prompt_s(num_tokens, sum_sq_tokens) + self._head_s(rows)
+
+    def decode_s(self, num_seqs: int, context_tokens: int) -> float:
+        if num_seqs <= 0:
+            return 0.0
+        return self.inner.decode_s(num_seqs, context_tokens) + self._head_s(num_seqs)
+
+
+class _SimNode(Protocol):
+    gpu: str
+    layers: tuple[int, int]
+    cost: LayerCost
+
+
+def add_head_costs(
+    nodes: Sequence[_SimNode], num_layers: int, tables: Mapping[str, LayerTables | None]
+) -> None:
+    """Wrap the cost of every node holding layer `num_layers - 1` in a StageCost when its GPU
+    kind's tables ({kind: tables}) measured the head."""
+    for node in nodes:
+        table = tables.get(node.gpu)
+        if table is not None and table.head_ms_by_batch and node.layers[1] == num_layers:
+            k = node.layers[1] - node.layers[0]
+            node.cost = StageCost(node.cost, k, table.head_ms_by_batch)
 
 
 COMPUTE_SOURCES = ("auto", "roofline", "profile")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .sim_graph import SOURCE
 from .sim_routing import RoutingPolicy
-from .sim_state import ARRIVAL, Node, Packet, Request, Route
+from .sim_state import Node, Packet, Request, Route
 
 if TYPE_CHECKING:
     from .sim_engine import Simulator
@@ -36,6 +36,18 @@ class Coordinator:
         self.waiting: deque[Request] = deque()
         self.resident: set[Request] = set()
         self.routes: dict[tuple[int, ...], Route] = {}
+        graph = sim.graph
+        self.succ: dict[int, tuple[tuple[int, int, Node | None], ...]] = {
+            at: tuple(
+                (v, graph.layers_run(at, v), sim.nodes[v]) if v >= 0 else (v, 0, None)
+                for v in successors
+            )
+            for at, successors in graph.succ.items()
+        }
+        """Per node (and SOURCE): each successor, the layers it runs coming from there, and its
+        Node (None for SINK), for the admission test."""
+        self.links = {v: sim.links[(SOURCE, v)] for v in graph.succ.get(SOURCE, ())}
+        """The coordinator's link to each first-stage node."""
         self.outbox: dict[int, list[Packet]] = {}
         """Packets for each route's first node, sent as one message by `flush`."""
         self.num_created = 0
@@ -49,7 +61,7 @@ class Coordinator:
             self.admit(0.0)
             self.flush(0.0)
         else:
-            self.sim.push(self.clock.next_after(0.0), ARRIVAL, None)
+            self.sim.push(self.clock.next_after(0.0), self.arrival)
 
     def _new_request(self, now: float) -> Request | None:
         if self.limit is not None and self.num_created >= self.limit:
@@ -67,13 +79,13 @@ class Coordinator:
         self.flush(now)
         assert self.clock is not None
         if self.limit is None or self.num_created < self.limit:
-            self.sim.push(self.clock.next_after(now), ARRIVAL, None)
+            self.sim.push(self.clock.next_after(now), self.arrival)
 
     # -- admission ------------------------------------------------------------------------------
 
     def admit(self, now: float) -> None:
         """Admit waiting requests (offline: new ones too) while each fits some route."""
-        nodes, graph, seats = self.sim.nodes, self.sim.graph, self.seats
+        succ, seats = self.succ, self.seats
         offline = self.clock is None
         while not (offline and self.prefilling >= self.max_prefilling):
             if not self.waiting:
@@ -84,11 +96,13 @@ class Coordinator:
             request = self.waiting[0]
             need = request.kv_tokens
 
-            def feasible(prev: int, v: int, need: int = need) -> bool:
-                node = nodes[v]
-                return node.seats < seats and (
-                    node.kv_used + need * graph.layers_run(prev, v) <= node.kv_capacity
-                )
+            def feasible(at: int, need: int = need) -> list[int]:
+                return [
+                    v
+                    for v, layers, node in succ.get(at, ())
+                    if node is None
+                    or (node.seats < seats and node.kv_used + need * layers <= node.kv_capacity)
+                ]
 
             path = self.policy.route(need, feasible)
             if path is None:
@@ -134,11 +148,16 @@ class Coordinator:
         """Send each first node one message: this instant's decode steps, then new prompts
         (like a scheduler step's output, so they can share the node's next iteration)."""
         outbox, self.outbox = self.outbox, {}
-        token_bytes = self.sim.token_bytes
+        token_bytes, links, transfer = self.sim.token_bytes, self.links, self.sim.transfer
         for node, packets in outbox.items():
-            tokens = sum(p.tokens for p in packets)
-            num_reqs = sum(len(p.reqs) for p in packets)
-            self.sim.send(SOURCE, node, packets, token_bytes * tokens, num_reqs, now)
+            if len(packets) == 1:
+                tokens, num_reqs = packets[0].tokens, len(packets[0].reqs)
+            else:
+                tokens = num_reqs = 0
+                for p in packets:
+                    tokens += p.tokens
+                    num_reqs += len(p.reqs)
+            transfer(links[node], packets, token_bytes * tokens, num_reqs, now)
 
     def _release(self, request: Request, now: float) -> None:
         route = request.route
@@ -164,33 +183,42 @@ class Coordinator:
         next_step: dict[Route, list[Request]] = {}
         freed = False  # a request finished, or (offline) a prompt slot opened
         for packet in packets:
+            reqs = packet.reqs
             if packet.is_prompt:
-                self.prefilling -= len(packet.reqs)
+                self.prefilling -= len(reqs)
                 freed = freed or self.clock is None
-                for request in packet.reqs:
+                for request in reqs:
                     rec.first_token(now, now - request.arrival_s, request.prompt)
-                survivors = packet.reqs
+                survivors = reqs
             else:
-                rec.decode_step(now, now - packet.step_start, len(packet.reqs))
+                rec.decode_step(now, now - packet.step_start, len(reqs))
                 survivors = []
-                for request in packet.reqs:
+                for request in reqs:
                     request.done += 1
                     if request.done >= request.output:
                         self._release(request, now)
                         freed = True
                     else:
                         survivors.append(request)
-            if survivors:
-                group = next_step.get(packet.route)
-                if group is None:
-                    next_step[packet.route] = survivors
-                else:
-                    group.extend(survivors)
+                if not survivors:
+                    continue
+            group = next_step.get(packet.route)
+            if group is None:
+                next_step[packet.route] = survivors
+            else:
+                group.extend(survivors)
         outbox = self.outbox
         for route, reqs in next_step.items():
-            ctx = sum(r.prompt + r.done for r in reqs)
+            if len(reqs) == 1:
+                ctx = reqs[0].prompt + reqs[0].done
+            else:
+                ctx = sum(r.prompt + r.done for r in reqs)
             packet = Packet(reqs, route, False, len(reqs), ctx, 0, now)
-            outbox.setdefault(route.nodes[0], []).append(packet)
+            box = outbox.get(route.nodes[0])
+            if box is None:
+                outbox[route.nodes[0]] = [packet]
+            else:
+                box.append(packet)
         if freed:
             self.admit(now)
         self.flush(now)

@@ -162,7 +162,9 @@ class Recorder:
         return min(int(now / self.bin_s), len(self.decode_bins) - 1)
 
     def decode_step(self, now: float, latency_s: float, num_tokens: int) -> None:
-        self.decode_bins[self._bin(now)] += num_tokens
+        bins = self.decode_bins
+        index = int(now / self.bin_s)
+        bins[index if index < len(bins) else len(bins) - 1] += num_tokens
         if self.start <= now <= self.end:
             self.decode_tokens += num_tokens
             self.step_latency.append(latency_s)

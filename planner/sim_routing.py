@@ -21,8 +21,9 @@ from typing import ClassVar
 
 from .sim_graph import SINK, SOURCE, RouteGraph
 
-Feasible = Callable[[int, int], bool]
-"""feasible(prev, node): may the request reserve KV and a seat on `node` when coming from `prev`."""
+Candidates = Callable[[int], list[int]]
+"""candidates(at): the successors of `at` (sorted; SINK among them when it is one) on which the
+request may reserve KV and a seat, coming from `at`."""
 
 
 class RoutingPolicy(ABC):
@@ -38,12 +39,12 @@ class RoutingPolicy(ABC):
     def __init__(self, graph: RouteGraph, rng: random.Random, queued: Callable[[int], int]):
         self.graph, self.rng, self.queued = graph, rng, queued
 
-    def route(self, work: float, feasible: Feasible) -> list[int] | None:
+    def route(self, work: float, feasible: Candidates) -> list[int] | None:
         """`work` is the request's token count (prompt + output)."""
         at = SOURCE
         path: list[int] = []
         while True:
-            candidates = [v for v in self.graph.succ.get(at, ()) if v == SINK or feasible(at, v)]
+            candidates = feasible(at)
             if not candidates:
                 self._undo([SOURCE, *path], work)
                 return None
@@ -91,23 +92,28 @@ class MaxFlowRouting(RoutingPolicy):
 
     def __init__(self, graph: RouteGraph, rng: random.Random, queued: Callable[[int], int]):
         super().__init__(graph, rng, queued)
-        self._load: dict[tuple[int, int], float] = {edge: 0.0 for edge in graph.flow}
+        self._load: dict[int, dict[int, float]] = {}
+        """Per tail node, per head: the edge's load (nested so a hop reads one dict)."""
+        self._flow: dict[int, dict[int, float]] = {}
+        for (u, v), flow in graph.flow.items():
+            self._load.setdefault(u, {})[v] = 0.0
+            self._flow.setdefault(u, {})[v] = flow
 
     def choose(self, at: int, candidates: list[int], work: float) -> int:
-        flow, load = self.graph.flow, self._load
+        flow, load = self._flow[at], self._load[at]
         best, best_key = candidates[0], float("inf")
         for v in candidates:
-            key = load[(at, v)] + work / flow[(at, v)]
+            key = load[v] + work / flow[v]
             if key < best_key:
                 best, best_key = v, key
         return best
 
     def _charge(self, at: int, nxt: int, work: float) -> None:
-        self._load[(at, nxt)] += work / self.graph.flow[(at, nxt)]
+        self._load[at][nxt] += work / self._flow[at][nxt]
 
     def _undo(self, hops: list[int], work: float) -> None:
         for at, nxt in zip(hops, hops[1:]):
-            self._load[(at, nxt)] -= work / self.graph.flow[(at, nxt)]
+            self._load[at][nxt] -= work / self._flow[at][nxt]
 
 
 @register_routing

@@ -9,19 +9,18 @@ import math
 from collections import deque
 
 from .sim_compute import LayerCost
-
-DONE, WAKE, COORD, ARRIVAL = 0, 1, 2, 3
-"""Event kinds: an iteration ends, an idle node's input arrives, tokens reach the coordinator,
-a new online request arrives."""
+from .sim_graph import SINK
 
 
 class Route:
     """A fixed route: node indices and the layers each runs (partial inference runs a tail)."""
 
-    __slots__ = ("nodes", "layers")
+    __slots__ = ("nodes", "layers", "hops")
 
     def __init__(self, nodes: tuple[int, ...], layers: tuple[int, ...]):
         self.nodes, self.layers = nodes, layers
+        self.hops = (*nodes, SINK)
+        """Where a packet at hop h goes next: `hops[h + 1]` (SINK after the last node)."""
 
 
 class Request:
@@ -79,7 +78,7 @@ class Node:
         "index", "name", "gpu", "layers", "cost", "kv_capacity", "kv_used", "kv_peak", "kv_area",
         "kv_last", "seats", "nic_bps", "nic_out_free", "nic_in_free", "prompt_q", "decode_q",
         "pending", "wake_at", "busy", "batch", "iter_start", "busy_s", "iterations",
-        "decode_seqs", "queued", "num_layers",
+        "decode_seqs", "queued", "num_layers", "out", "empty_prompt_s", "empty_decode_s",
     )  # fmt: skip
 
     def __init__(
@@ -89,6 +88,9 @@ class Node:
         self.index, self.name, self.gpu, self.layers = index, name, gpu, layers
         self.num_layers = layers[1] - layers[0]
         self.cost = cost
+        self.empty_prompt_s = 0.0
+        self.empty_decode_s = 0.0
+        """What an empty side of an iteration costs (0; set when the run starts, from `cost`)."""
         self.kv_capacity = kv_capacity
         """Token-layer KV entries this node can hold."""
         self.kv_used = 0
@@ -106,20 +108,27 @@ class Node:
         self.pending: list[tuple[float, int, list[Packet]]] = []
         """Heap of transfers on their way here: (arrival time, sequence, packets)."""
         self.wake_at = math.inf
+        """When its earliest WAKE event is due (while idle)."""
         self.busy = False
         self.batch: list[Packet] = []
+        """The running iteration's packets (stale while the node is idle)."""
         self.iter_start = 0.0
         self.busy_s = 0.0
         self.iterations = 0
         self.decode_seqs = 0
         self.queued = 0
         """Requests in flight to, waiting at, or running on this node."""
+        self.out: dict[int, Link] = {}
+        """Links to each successor (node index, or SINK)."""
 
 
 class Link:
-    """One direction of a link; `free_s` is when its last transfer finishes."""
+    """One direction of a link between two endpoints; `free_s` is when its last transfer
+    finishes. `bps` is the slowest of the link and the two ends' NICs (fixed per pair)."""
 
-    __slots__ = ("bps", "latency_s", "free_s")
+    __slots__ = ("bps", "latency_s", "free_s", "src", "dst")
 
-    def __init__(self, bps: float, latency_s: float):
+    def __init__(self, bps: float, latency_s: float, src: Node | None, dst: Node | None):
         self.bps, self.latency_s, self.free_s = bps, latency_s, 0.0
+        self.src, self.dst = src, dst
+        """The end nodes; None for the coordinator."""

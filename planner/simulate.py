@@ -16,6 +16,7 @@ What is modelled (pure Python, deterministic for a seed):
 - **Nodes.** Continuous batching, one iteration at a time over everything queued: all queued decode
   steps, plus whole prompts up to `prompt_max_tokens`. An iteration costs, per layer run,
   `prompt_s(P) + decode_s(D)` from `sim_compute.py`.
+  The node holding the last layer also pays the measured LM head + sampling time per pass.
 - **Links.** latency + bytes / bandwidth, hidden states in the model's dtype between nodes, token
   ids to and from the coordinator; each transfer is serialised on its link direction and on both
   ends' NICs (one NIC per node, shared by all its links, each direction on its own).
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from .plan import Plan
 from .problem import build_problem
 from .profile import DEFAULT_COST_MODEL, CostModel
-from .sim_compute import COMPUTE_SOURCES, LayerTables
+from .sim_compute import COMPUTE_SOURCES, LayerTables, add_head_costs, profile_tables
 from .sim_metrics import LatencyStats, SimResult
 from .sim_routing import ROUTING, routing_names
 from .sim_workload import Arrivals, LengthSpec, PoissonArrivals
@@ -141,6 +142,9 @@ def simulate(
     problem = build_problem(cluster, config.cost)
     started = time.perf_counter()
     sim = Simulator(cluster, problem, plan, config, dict(tables or {}))
+    if config.compute != "roofline":  # the last stage's LM head, where a profile measured it
+        measured = {kind: profile_tables(p) for kind, p in cluster.profiles.items()}
+        add_head_costs(sim.nodes, cluster.model.num_layers, {**measured, **(tables or {})})
     sim.run()
     return sim.result(wall_s=time.perf_counter() - started)
 

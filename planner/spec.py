@@ -114,6 +114,9 @@ class Profile:
     """Measured per-layer prompt time against batch tokens (`helix profile`), for the simulator."""
     decode_layer_ms_by_batch: tuple[tuple[int, float], ...] | None = None
     """Measured per-layer decode step time against batch size (`helix profile`)."""
+    head_ms_by_batch: tuple[tuple[int, float], ...] | None = None
+    """Measured final norm + LM head + sampling time against sampled sequences (`helix
+    profile`): what the node holding the last layer adds to each pass."""
 
     def __post_init__(self) -> None:
         if self.max_layers < 1:

@@ -50,7 +50,7 @@ def batch_inputs(items: list[SeqSlice], block_size: int, device: torch.device) -
     logits_indices: list[int] = []
     sampled_rows: list[int] = []
     width = max(len(item.block_table) for item in items)
-    tables = torch.zeros((len(items), width), dtype=torch.int32)
+    tables: list[list[int]] = []  # padded with block 0 (entries past a table are ignored)
     for row, item in enumerate(items):
         ids += item.token_ids
         positions += range(item.begin, item.end)
@@ -61,13 +61,13 @@ def batch_inputs(items: list[SeqSlice], block_size: int, device: torch.device) -
         ]
         seq_lens.append(item.end)
         starts.append(starts[-1] + item.end - item.begin)
-        tables[row, : len(table)] = torch.tensor(table, dtype=torch.int32)
+        tables.append(table + [0] * (width - len(table)))
         if item.sample:
             logits_indices.append(starts[-1] - 1)
             sampled_rows.append(row)
     meta = AttentionMetadata(
         slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-        block_tables=tables.to(device),
+        block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
         query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
         is_decode=all(item.end - item.begin == 1 for item in items),
@@ -125,5 +125,7 @@ class ModelRunner:
         if not step.sampled_rows:
             return None, []
         sampled = [out.scheduled[row][0] for row in step.sampled_rows]
-        logits: torch.Tensor = self.stage.compute_logits(hidden[step.logits_indices])  # type: ignore[operator]
+        # Every token samples (a decode step): the rows are already in order, skip the gather.
+        rows = hidden if len(sampled) == hidden.shape[0] else hidden[step.logits_indices]
+        logits: torch.Tensor = self.stage.compute_logits(rows)  # type: ignore[operator]
         return logits, sampled

@@ -8,7 +8,14 @@ pass on (a) a prompt batch of N tokens and (b) N sequences decoding one token ea
 context of ``context_tokens``. The slope of time against k (least squares) is the per-layer time:
 it leaves out the embedding, which every stage [0, k) pays once (the slope is kept within half
 and all of the largest stage's time per layer). With one layer count the time is divided by k.
-Times are the fastest of repeated runs; each table is made non-decreasing in N.
+Times are the median of repeated runs (`statistic="min"`: the fastest): a serving node runs its
+passes back to back, and on a CPU its typical pass is measurably slower than its luckiest one
+(15-20 % for SmolLM2 on the 2-core test machine). Each table is made non-decreasing in N.
+
+The last stage of a pipeline also runs the LM head (final norm, logits over the vocabulary) and
+greedy sampling for every sequence it samples: ``head_ms[N]`` times that for N rows on stage
+[L-1, L) (for a small model it weighs as much as several layers). ``threads`` pins torch's CPU
+threads while timing, to profile with the share of cores a node will really get.
 """
 
 from __future__ import annotations
@@ -17,17 +24,19 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .attention_metadata import AttentionMetadata
 from .loader import load_stage
 from .model import KVCache, LlamaStage
+from .sampler import prepare, sample
+from .sampling_params import SamplingParams
 
 BLOCK_SIZE = 16
 MAX_PROMPT_SEQ = 512
-"""Longer prompt batches are split into sequences of at most this many tokens."""
+"""Longer prompt batches are split into sequences of at most this many tokens (by default)."""
 _FLOOR_MS = 1e-4
 """Smallest per-layer time reported (a noisy slope on a tiny model can come out <= 0)."""
 
@@ -47,6 +56,12 @@ class LayerTimings:
     """Batch of N prompt tokens -> ms per layer."""
     decode_layer_ms: dict[int, float]
     """N sequences, one token each -> ms per layer."""
+    head_ms: dict[int, float] | None = None
+    """N sampled sequences -> ms of final norm, LM head and greedy sampling (last stage only)."""
+    threads: int | None = None
+    """torch CPU threads while timing (None: torch's default)."""
+    statistic: str = "median"
+    """Which of the repeated runs' times: `median` or `min`."""
 
 
 def device_kind(device: str) -> str:
@@ -60,18 +75,32 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_ms(run: Callable[[], object], device: torch.device, min_s: float, max_runs: int) -> float:
-    """Fastest wall time of `run` after one warm-up call."""
+STATISTICS = ("median", "min")
+
+
+@dataclass(frozen=True)
+class _Budget:
+    min_s: float
+    """Time each case for at least this long (and at least 3 runs)."""
+    max_runs: int
+    statistic: str
+    """`median` (a node serving runs its passes back to back, disturbances and all) or `min`."""
+
+
+def _time_ms(run: Callable[[], object], device: torch.device, budget: _Budget) -> float:
+    """Median (or fastest) wall time of `run` after one warm-up call."""
     run()
     _sync(device)
     samples: list[float] = []
     started = time.perf_counter()
-    while len(samples) < max_runs and (len(samples) < 3 or time.perf_counter() - started < min_s):
+    while len(samples) < budget.max_runs and (
+        len(samples) < 3 or time.perf_counter() - started < budget.min_s
+    ):
         t0 = time.perf_counter()
         run()
         _sync(device)
         samples.append((time.perf_counter() - t0) * 1e3)
-    return min(samples)  # the least disturbed run (as timeit advises)
+    return min(samples) if budget.statistic == "min" else statistics.median(samples)
 
 
 def _batch(
@@ -111,8 +140,7 @@ def _forward_ms(
     seq_lens: list[int],
     new_tokens: list[int],
     device: torch.device,
-    min_s: float,
-    max_runs: int,
+    budget: _Budget,
 ) -> float:
     positions, meta, num_blocks = _batch(seq_lens, new_tokens, device)
     caches: list[KVCache] = stage.allocate_kv_cache(num_blocks, BLOCK_SIZE, device=device)
@@ -125,7 +153,21 @@ def _forward_ms(
             hidden: torch.Tensor = stage(ids, positions, caches, meta)  # [T, hidden]
         return hidden
 
-    return _time_ms(run, device, min_s, max_runs)
+    return _time_ms(run, device, budget)
+
+
+def _head_ms(stage: LlamaStage, rows: int, device: torch.device, budget: _Budget) -> float:
+    """Final norm + LM head + greedy sampling of `rows` hidden states (what the last node adds)."""
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(rows, stage.config.hidden_size, generator=gen)  # [N, hidden]
+    hidden = hidden.to(device, next(stage.parameters()).dtype)
+    params = [SamplingParams(temperature=0)] * rows
+
+    def run() -> object:
+        with torch.inference_mode():
+            return sample(stage.compute_logits(hidden), prepare(params, [None] * rows))
+
+    return _time_ms(run, device, budget)
 
 
 def _slope(counts: Sequence[int], times: Sequence[float]) -> float:
@@ -159,46 +201,94 @@ def measure_layer_times(
     layer_counts: Sequence[int] | None = None,
     min_time_s: float = 0.2,
     max_runs: int = 20,
+    statistic: str = "median",
+    threads: int | None = None,
+    prompt_seq_tokens: int = MAX_PROMPT_SEQ,
+    head: bool = True,
+    decode_batches: Sequence[int] | None = None,
 ) -> LayerTimings:
-    """Time prompt and decode batches of each size in `batch_tokens` (see module docstring)."""
-    if not batch_tokens or any(n < 1 for n in batch_tokens):
-        raise ValueError(f"batch_tokens: need positive sizes, got {list(batch_tokens)}")
+    """Time prompt and decode batches of each size in `batch_tokens` (see module docstring).
+
+    `decode_batches`: decode (and head) batch sizes when they differ from `batch_tokens` (a
+    decode batch as large as a prompt batch is rarely run). `prompt_seq_tokens`: a prompt batch
+    of N tokens is made of sequences this long (the workload's prompt length; attention grows
+    with it). `head`: also time the LM head."""
+    decode_sizes = sorted(set(batch_tokens if decode_batches is None else decode_batches))
+    for name, sizes in (("batch_tokens", batch_tokens), ("decode_batches", decode_sizes)):
+        if not sizes or any(n < 1 for n in sizes):
+            raise ValueError(f"{name}: need positive sizes, got {list(sizes)}")
     if context_tokens < 1:
         raise ValueError(f"context_tokens must be >= 1, got {context_tokens}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
+    if prompt_seq_tokens < 1:
+        raise ValueError(f"prompt_seq_tokens must be >= 1, got {prompt_seq_tokens}")
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype: unknown torch dtype {dtype!r}")
-    dev = torch.device(device)
-    sizes = sorted(set(batch_tokens))
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        timings = _measure(
+            model,
+            torch.device(device),
+            torch_dtype,
+            sorted(set(batch_tokens)),
+            decode_sizes,
+            context_tokens,
+            sorted(set(layer_counts or (1, 2, 4))),
+            _Budget(min_time_s, max_runs, statistic),
+            prompt_seq_tokens,
+            head,
+        )
+        return replace(timings, dtype=dtype, threads=threads, statistic=statistic)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(
+    model: str, dev: torch.device, torch_dtype: torch.dtype, sizes: list[int],
+    decode_sizes: list[int], context_tokens: int, layer_counts: list[int],
+    budget: _Budget, prompt_seq_tokens: int, head: bool,
+) -> LayerTimings:  # fmt: skip
     prompt: dict[int, list[float]] = {n: [] for n in sizes}
-    decode: dict[int, list[float]] = {n: [] for n in sizes}
+    decode: dict[int, list[float]] = {n: [] for n in decode_sizes}
     counts: list[int] = []
     num_layers = 0
     context = context_tokens
-    for k in sorted(set(layer_counts or (1, 2, 4))):
+    for k in layer_counts:
         if k < 1 or (num_layers and k > num_layers):
             continue
         stage, config = load_stage(model, 0, k, dtype=torch_dtype, device=dev)
         num_layers = config.num_layers
         counts.append(k)
         context = min(context_tokens, config.max_position_embeddings - 1)
-        longest = min(MAX_PROMPT_SEQ, config.max_position_embeddings)
+        longest = min(prompt_seq_tokens, config.max_position_embeddings)
         for n in sizes:
             lens = [longest] * (n // longest) + ([n % longest] if n % longest else [])
-            prompt[n].append(_forward_ms(stage, lens, lens, dev, min_time_s, max_runs))
-            decode[n].append(
-                _forward_ms(stage, [context + 1] * n, [1] * n, dev, min_time_s, max_runs)
-            )
+            prompt[n].append(_forward_ms(stage, lens, lens, dev, budget))
+        for n in decode_sizes:
+            decode[n].append(_forward_ms(stage, [context + 1] * n, [1] * n, dev, budget))
         del stage
     if not counts:
-        raise ValueError(f"layer_counts: none of {list(layer_counts or ())} fits {model}")
+        raise ValueError(f"layer_counts: none of {layer_counts} fits {model}")
+    head_ms = None
+    if head:
+        last, _ = load_stage(model, num_layers - 1, num_layers, dtype=torch_dtype, device=dev)
+        head_ms = {n: _head_ms(last, n, dev, budget) for n in decode_sizes}
+        head_ms = _monotone(head_ms)
+        del last
     return LayerTimings(
-        kind=device_kind(device),
+        kind=device_kind(str(dev)),
         model=str(model),
-        dtype=dtype,
+        dtype=str(torch_dtype).removeprefix("torch."),
         num_layers=num_layers,
         context_tokens=context,
         layer_counts=tuple(counts),
         prompt_layer_ms=_monotone({n: _slope(counts, prompt[n]) for n in sizes}),
-        decode_layer_ms=_monotone({n: _slope(counts, decode[n]) for n in sizes}),
+        decode_layer_ms=_monotone({n: _slope(counts, decode[n]) for n in decode_sizes}),
+        head_ms=head_ms,
     )

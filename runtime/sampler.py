@@ -4,6 +4,7 @@ step, then `sample` logits -> token ids (+ logprobs)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -12,14 +13,29 @@ from .sampling_params import SamplingParams
 
 @dataclass
 class SamplingBatch:
-    temperature: torch.Tensor  # [N] float32; 0 rows are greedy
-    top_p: torch.Tensor  # [N] float32
-    top_k: torch.Tensor  # [N] int64; 0 = off
-    min_p: torch.Tensor  # [N] float32
+    params: list[SamplingParams]
     generators: list[torch.Generator | None]  # per row; None = the shared stream
     num_logprobs: int  # the most top logprobs any row asked for (-1: none asked)
     all_greedy: bool
     needs_filter: bool
+
+    # NOTE(engine): the per-row tensors are built on first use; an all-greedy step (the
+    # common temperature-0 case) needs none of them.
+    @cached_property
+    def temperature(self) -> torch.Tensor:  # [N] float32; 0 rows are greedy
+        return torch.tensor([p.temperature for p in self.params], dtype=torch.float32)
+
+    @cached_property
+    def top_p(self) -> torch.Tensor:  # [N] float32
+        return torch.tensor([p.top_p for p in self.params], dtype=torch.float32)
+
+    @cached_property
+    def top_k(self) -> torch.Tensor:  # [N] int64; 0 = off
+        return torch.tensor([max(p.top_k, 0) for p in self.params], dtype=torch.int64)
+
+    @cached_property
+    def min_p(self) -> torch.Tensor:  # [N] float32
+        return torch.tensor([p.min_p for p in self.params], dtype=torch.float32)
 
 
 @dataclass
@@ -32,16 +48,9 @@ class SampleResult:
 def prepare(
     params: list[SamplingParams], generators: list[torch.Generator | None]
 ) -> SamplingBatch:
-    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
-    top_k = torch.tensor([max(p.top_k, 0) for p in params], dtype=torch.int64)
-    top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
-    min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32)
     asked = [p.logprobs for p in params if p.logprobs is not None]
     return SamplingBatch(
-        temperature,
-        top_p,
-        top_k,
-        min_p,
+        list(params),
         generators,
         max(asked) if asked else -1,
         all_greedy=all(p.is_greedy for p in params),

@@ -7,7 +7,13 @@ import torch
 
 from helix.runtime.attention_metadata import AttentionMetadata
 from helix.runtime.loader import load_stage
-from helix.runtime.model import LlamaStage, rope_inv_freq
+from helix.runtime.model import (
+    LlamaStage,
+    RMSNorm,
+    apply_rope,
+    rope_factors,
+    rope_inv_freq,
+)
 from helix.runtime.model_config import ModelConfig
 
 MODEL_NAMES = ["llama_llama3_untied", "llama_linear_tied_bias", "qwen2_tied"]
@@ -176,3 +182,27 @@ def test_attention_metadata_counts() -> None:
         is_decode=False,
     )
     assert (meta.num_seqs, meta.num_tokens) == (2, 5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rope_rounds_exactly_like_hf_rotate_half(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, 8, generator=gen).to(dtype)  # [T, heads, D]
+    angles = torch.randn(5, 4, generator=gen)  # [T, D/2]
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos_hf, sin_hf = torch.cat((cos, cos), -1)[:, None], torch.cat((sin, sin), -1)[:, None]
+    expected = (
+        x * cos_hf + torch.cat((-x2, x1), dim=-1) * sin_hf
+    )  # HF: q * cos + rotate_half(q) * sin
+    assert torch.equal(apply_rope(x, *rope_factors(cos, sin)), expected)
+
+
+@pytest.mark.parametrize("hidden", [64, 96, 576, 768])
+def test_rmsnorm_fast_path_rounds_like_hf(hidden: int) -> None:
+    gen = torch.Generator().manual_seed(hidden)
+    norm = RMSNorm(hidden, 1e-5, torch.float32)
+    norm.weight.copy_(1 + 0.2 * torch.randn(hidden, generator=gen))
+    x = 3 * torch.randn(7, hidden, generator=gen)
+    expected = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert torch.equal(norm(x), expected)

@@ -136,3 +136,36 @@ def test_bad_arguments_raise_value_error_naming_them() -> None:
     for name, call in _bad_calls(case):
         with pytest.raises(ValueError, match=f"^{name}:"):
             call()
+
+
+def test_decode_notices_metadata_changed_in_place() -> None:
+    # The backend reuses one step's decode plan across layers; editing the metadata tensors in
+    # place (or passing equal-shaped new ones) must still give the right answer.
+    case = make_paged_case([9, 14], [9, 14], block_size=4, seed=5)
+    attn = get_attention("torch")
+    common = (case.k_cache, case.v_cache)
+    for lens in ([9, 14], [5, 14], [9, 3]):
+        case.seq_lens.copy_(torch.tensor(lens, dtype=torch.int32))
+        got = attn.decode(case.q_decode, *common, case.block_tables, case.seq_lens, case.scale)
+        want = reference_decode(
+            case.q_decode, *common, case.block_tables, case.seq_lens, case.scale
+        )
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    case.block_tables.copy_(case.block_tables.flip(0))
+    case.seq_lens.copy_(torch.tensor([4, 8], dtype=torch.int32))
+    got = attn.decode(case.q_decode, *common, case.block_tables, case.seq_lens, case.scale)
+    want = reference_decode(case.q_decode, *common, case.block_tables, case.seq_lens, case.scale)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_write_kv_notices_skipped_slots_after_a_full_step() -> None:
+    case = make_paged_case([6], [6], block_size=4, seed=6)
+    attn = get_attention("torch")
+    k_cache, v_cache = case.k_cache.clone(), case.v_cache.clone()
+    attn.write_kv(case.key, case.value, k_cache, v_cache, case.slot_mapping)
+    skipped = case.slot_mapping.clone()
+    skipped[2] = -1  # same shape, one slot skipped: must not be written
+    before = k_cache.flatten(0, 1)[case.slot_mapping[2]].clone()
+    attn.write_kv(case.key + 1, case.value + 1, k_cache, v_cache, skipped)
+    assert torch.equal(k_cache.flatten(0, 1)[case.slot_mapping[2]], before)
+    assert torch.equal(k_cache.flatten(0, 1)[case.slot_mapping[0]], case.key[0] + 1)

@@ -1,0 +1,72 @@
+"""``linear``: ``F.linear`` that multiplies bf16 weights in fp32 where the CPU lacks a bf16 GEMM.
+
+Where oneDNN reports no bf16 support (CPUs without AVX512, such as AVX2-only ones), torch's bf16
+matmul is slow. At one row a matmul is memory-bound and bf16 (half the bytes) still wins; at
+32 rows it is compute-bound and ran ~5x slower than fp32 on such a CPU. So from
+``UPCAST_MIN_ROWS`` rows on, the weight is converted to fp32 one slab at a time into a reused
+buffer (the slab stays in cache and no fresh pages are touched) and multiplied in fp32. Products of
+bf16 values are exact in fp32 and both paths accumulate in fp32 and round the output to bf16
+once, so only the order of summation differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import torch
+import torch.nn.functional as F
+
+UPCAST_MIN_ROWS = 4
+"""Rows (tokens) from which bf16 weights are multiplied in fp32 on such CPUs."""
+_SLAB = 1 << 22  # fp32 elements converted at a time: 16 MiB
+_scratch = threading.local()
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """Whether oneDNN has a real bf16 GEMM on this CPU (it needs AVX512 or newer)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``x`` [T, in] and ``weight`` [out, in], in ``x``'s dtype."""
+    if (
+        x.dtype is not torch.bfloat16
+        or x.shape[0] < UPCAST_MIN_ROWS
+        or x.device.type != "cpu"
+        or cpu_has_fast_bf16()
+    ):
+        return F.linear(x, weight, bias)
+    return _upcast_linear(x, weight, bias)
+
+
+def _upcast_linear(
+    x: torch.Tensor,  # [T, in] bf16
+    weight: torch.Tensor,  # [out, in] bf16
+    bias: torch.Tensor | None,  # [out] bf16
+) -> torch.Tensor:  # [T, out] bf16
+    out_features, in_features = weight.shape
+    rows = max(1, _SLAB // in_features)
+    buffer = _buffer(min(rows, out_features) * in_features)
+    x32 = x.float()
+    parts = []
+    for start in range(0, out_features, rows):
+        slab = weight[start : start + rows]
+        w32 = buffer[: slab.numel()].view(slab.shape).copy_(slab)
+        b32 = None if bias is None else bias[start : start + rows].float()
+        parts.append(F.linear(x32, w32, b32))  # [T, rows] fp32
+    out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    return out.to(torch.bfloat16)
+
+
+def _buffer(numel: int) -> torch.Tensor:
+    """This thread's fp32 scratch of at least ``numel`` elements (at most one slab)."""
+    buffer: torch.Tensor | None = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, dtype=torch.float32)
+        _scratch.buffer = buffer
+    return buffer

@@ -1,0 +1,53 @@
+"""`helix.runtime.linear`: plain F.linear where it is fast, fp32 slabs for bf16 weights else."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helix.runtime.linear as linear_module
+from helix.runtime.linear import UPCAST_MIN_ROWS, linear
+
+
+def _inputs(rows: int, dtype: torch.dtype, bias: bool = True):
+    gen = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 64, generator=gen).to(dtype)
+    w = (0.1 * torch.randn(37, 64, generator=gen)).to(dtype)
+    b = torch.randn(37, generator=gen).to(dtype) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_fp32_and_few_bf16_rows_are_plain_f_linear(dtype: torch.dtype) -> None:
+    rows = 8 if dtype is torch.float32 else UPCAST_MIN_ROWS - 1
+    x, w, b = _inputs(rows, dtype)
+    assert torch.equal(linear(x, w, b), F.linear(x, w, b))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_upcast_equals_fp32_math_on_the_bf16_weights(monkeypatch, bias: bool) -> None:
+    monkeypatch.setattr(linear_module, "_SLAB", 10 * 64)  # 37 rows: slabs of 10, 10, 10, 7
+    x, w, b = _inputs(UPCAST_MIN_ROWS + 2, torch.bfloat16, bias)
+    got = linear_module._upcast_linear(x, w, b)
+    expected = F.linear(x.float(), w.float(), None if b is None else b.float()).bfloat16()
+    assert got.dtype == torch.bfloat16 and got.shape == (UPCAST_MIN_ROWS + 2, 37)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+def test_dispatch_follows_rows_dtype_and_cpu_support(monkeypatch) -> None:
+    calls: list[int] = []
+
+    def spy(x, w, b):
+        calls.append(x.shape[0])
+        return F.linear(x, w, b)
+
+    monkeypatch.setattr(linear_module, "_upcast_linear", spy)
+    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: False)
+    for rows in (1, UPCAST_MIN_ROWS - 1, UPCAST_MIN_ROWS, 32):
+        linear(*_inputs(rows, torch.bfloat16))
+    linear(*_inputs(32, torch.float32))
+    assert calls == [UPCAST_MIN_ROWS, 32]
+    monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: True)
+    linear(*_inputs(32, torch.bfloat16))
+    assert calls == [UPCAST_MIN_ROWS, 32]
