@@ -83,9 +83,23 @@ def start_local_nodes(
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
             )
         )
     return processes
+
+
+def _die_with_parent() -> None:
+    """In a local node's child process before exec: on Linux, get SIGTERM when the process that
+    started it dies, so a killed `helix serve` never leaves node processes behind."""
+    if sys.platform != "linux":
+        return
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def reroute_flows(cluster: ClusterSpec, plan: Plan) -> Any:

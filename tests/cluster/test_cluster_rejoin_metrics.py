@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,3 +127,38 @@ def test_served_cluster_metrics_name_the_planned_nodes_and_edges(tiny_llama) -> 
     assert routed.get(("a", "b1"), 0) > 0 and routed.get(("a", "b2"), 0) > 0
     back = routed.get(("b1", "coordinator"), 0) + routed.get(("b2", "coordinator"), 0)
     assert back == n
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_local_nodes_die_with_the_process_that_started_them(tiny_llama, tmp_path) -> None:
+    script = tmp_path / "start.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from cluster_fixtures import cluster_of, plan_of\n"
+        "from helix.runtime.cluster_launch import LocalCluster\n"
+        f"c = cluster_of({str(tiny_llama)!r}, 'ab')\n"
+        "local = LocalCluster(c, plan_of(c, {'a': (0, 2), 'b': (2, 4)}))\n"
+        "print('PIDS', *[p.pid for p in local.processes], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    line = ""
+    while not line.startswith("PIDS"):
+        line = parent.stdout.readline()  # type: ignore[union-attr]
+        assert line or parent.poll() is None, "the cluster did not start"
+    pids = [int(p) for p in line.split()[1:]]
+    parent.kill()  # no clean shutdown: SIGKILL
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while any(_running(pid) for pid in pids):
+        assert time.monotonic() < deadline, "node processes outlived the killed coordinator"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
