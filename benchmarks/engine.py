@@ -1,6 +1,7 @@
 """Engine benchmark: helix against HF transformers `generate` on the same random-weight Llama.
 
     python benchmarks/engine.py [--batches 1 8 32 64] [--new-tokens 128] [--dtypes float32 bfloat16]
+    python benchmarks/engine.py --device cuda [--attention-backend triton]    # on a GPU
 
 Prints decode throughput and the ratio to HF (and to llama.cpp on the same weights, exported to a
 GGUF in the same precision, when llama-cpp-python is installed; "-" otherwise) for each batch and
@@ -65,7 +66,21 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
     tok.save(str(folder / "tokenizer.json"))
 
 
-def memory_bandwidth_gbps() -> float:
+def memory_bandwidth_gbps(device: str = "cpu") -> float:
+    if device == "cuda":  # a device-to-device copy, bytes read + written
+        src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        for _ in range(3):
+            dst.copy_(src)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(20):
+            dst.copy_(src)
+        torch.cuda.synchronize()
+        gbps = 20 * 2 * src.numel() / (time.perf_counter() - start) / 1e9
+        del src, dst
+        torch.cuda.empty_cache()
+        return gbps
     a = torch.randn(8192, 8192)
     x = torch.randn(8192)
     for _ in range(3):
@@ -92,7 +107,7 @@ def helix_decode(llm: LLM, batch: int, new_tokens: int) -> float:
 
 
 def hf_decode(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
-    ids = torch.tensor(prompts_of(batch, 16))
+    ids = torch.tensor(prompts_of(batch, 16), device=model.device)
     with torch.inference_mode():
         model.generate(ids[:1], max_new_tokens=4, do_sample=False, min_new_tokens=4)
         start = time.perf_counter()
@@ -103,7 +118,29 @@ def hf_decode(model: torch.nn.Module, batch: int, new_tokens: int) -> float:
             do_sample=False,
             pad_token_id=0,
         )
+        if ids.is_cuda:
+            torch.cuda.synchronize()
     return batch * new_tokens / (time.perf_counter() - start)
+
+
+def same_greedy_as_hf(llm: LLM, hf: torch.nn.Module, new_tokens: int = 16) -> str:
+    """How many of 4 prompts get the same greedy ids from HF transformers as from helix."""
+    prompts = prompts_of(4, 16, seed=5)
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    ours = [
+        o.outputs[0].token_ids
+        for o in llm.generate([{"prompt_token_ids": p} for p in prompts], params)
+    ]
+    same = 0
+    with torch.inference_mode():
+        for prompt, mine in zip(prompts, ours):
+            ids = torch.tensor([prompt], device=hf.device)
+            out = hf.generate(
+                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                pad_token_id=0,
+            )
+            same += out[0, len(prompt):].tolist() == mine
+    return f"{same}/{len(prompts)} prompts ({new_tokens} tokens)"
 
 
 def same_greedy(llm: LLM, cpp: llamacpp.LlamaCpp, new_tokens: int = 16) -> str:
@@ -120,8 +157,10 @@ def same_greedy(llm: LLM, cpp: llamacpp.LlamaCpp, new_tokens: int = 16) -> str:
     )
 
 
-def shared_prefix_ttft(folder: Path, caching: bool) -> float:
-    llm = LLM(str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5)
+def shared_prefix_ttft(folder: Path, caching: bool, **engine_args: str) -> float:
+    llm = LLM(
+        str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5, **engine_args
+    )
     prefix = prompts_of(1, 512, seed=1)[0]
     params = SamplingParams(temperature=0, max_tokens=1)
     llm.generate([{"prompt_token_ids": prefix + [7]}], params)  # warm the cache
@@ -133,9 +172,9 @@ def shared_prefix_ttft(folder: Path, caching: bool) -> float:
     return sum(times) / len(times)
 
 
-def kv_waste(folder: Path) -> float:
+def kv_waste(folder: Path, **engine_args: str) -> float:
     """Allocated-but-unused KV slots, sampled each step over a mixed-length workload."""
-    llm = LLM(str(folder), kv_cache_memory_gb=0.5, enable_prefix_caching=False)
+    llm = LLM(str(folder), kv_cache_memory_gb=0.5, enable_prefix_caching=False, **engine_args)
     engine = llm.engine
     rng = random.Random(3)
     for _ in range(48):
@@ -161,23 +200,32 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--size", default="100m", choices=["100m", "20m"])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
     args = parser.parse_args()
+    engine_args = {"device": args.device, "attention_backend": args.attention_backend}
     from transformers import AutoModelForCausalLM
 
     folder = build_model(Path(tempfile.mkdtemp(prefix="helix-bench-")), args.size)
-    bandwidth = memory_bandwidth_gbps()
+    bandwidth = memory_bandwidth_gbps(args.device)
+    where = (
+        torch.cuda.get_device_name() if args.device == "cuda"
+        else f"cpu, torch threads {torch.get_num_threads()}"
+    )
     print(
         f"model: random Llama {args.size} at {folder}; measured bandwidth {bandwidth:.1f} GB/s; "
-        f"torch threads {torch.get_num_threads()}"
+        f"{where}; helix attention backend {args.attention_backend}"
     )
-    have_llamacpp = llamacpp.available()
+    have_llamacpp = llamacpp.available() and args.device == "cpu"
     print(
         f"{'dtype':9s} {'batch':>5s} {'helix tok/s':>12s} {'HF tok/s':>10s} {'ratio':>6s} "
         f"{'llama.cpp':>10s} {'ratio':>6s}"
     )
     for dtype in args.dtypes:
-        llm = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0)
+        llm = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0, **engine_args)
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
+        hf = hf.to(args.device)
+        print(f"{dtype}: HF greedy ids equal helix's: {same_greedy_as_hf(llm, hf)}")
         weight_bytes = sum(
             p.numel() * p.element_size()
             for p in hf.parameters()
@@ -186,7 +234,7 @@ def main() -> None:
         cpp = None
         if have_llamacpp:
             gguf = llamacpp.export_gguf(folder, dtype)
-            cpp = llamacpp.LlamaCpp(gguf, dtype, max(args.batches), 16 + args.new_tokens + 8)
+            cpp = llamacpp.LlamaCpp(gguf, dtype, max(*args.batches, 4), 16 + args.new_tokens + 16)
             print(f"{dtype}: llama.cpp greedy ids equal helix's: {same_greedy(llm, cpp)}")
         for batch in args.batches:
             ours = helix_decode(llm, batch, args.new_tokens)
@@ -205,13 +253,15 @@ def main() -> None:
         if cpp is not None:
             cpp.close()
         del llm, hf
-    with_cache = shared_prefix_ttft(folder, True)
-    without = shared_prefix_ttft(folder, False)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    with_cache = shared_prefix_ttft(folder, True, **engine_args)
+    without = shared_prefix_ttft(folder, False, **engine_args)
     print(
         f"shared 512-token prefix, TTFT: {with_cache * 1e3:.1f} ms with prefix caching, "
         f"{without * 1e3:.1f} ms without ({without / with_cache:.1f}x)"
     )
-    print(f"KV waste under a mixed workload: {kv_waste(folder):.2%} of allocated slots unused")
+    print(f"KV waste under a mixed workload: {kv_waste(folder, **engine_args):.2%} of allocated slots unused")
 
 
 if __name__ == "__main__":

@@ -94,6 +94,16 @@ def time_ms(fn: Callable[[], object], cuda: bool, warmup: int, iters: int) -> fl
     return (time.perf_counter() - start) / iters * 1e3
 
 
+def copy_gbps() -> float:
+    """A device-to-device copy of 2 GiB: bytes read + written per second (what HBM really gives)."""
+    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), True, 3, 20)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * 2 * 1024**3 / (ms * 1e-3) / 1e9
+
+
 def default_peak_gbps(device_name: str) -> float | None:
     for key, gbps in PEAK_HBM_GBPS.items():
         if key in device_name:
@@ -134,12 +144,20 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         name = torch.cuda.get_device_name()
         peak = peak or default_peak_gbps(name)
-        print(f"device: {name}; peak HBM: {peak or 'unknown (pass --peak-gbps)'} GB/s")
+        copy = copy_gbps()
+        print(
+            f"device: {name}; peak HBM: {peak or 'unknown (pass --peak-gbps)'} GB/s (data sheet); "
+            f"measured device copy: {copy:.0f} GB/s"
+        )
     else:
         print("no CUDA device: tiny shapes, torch backend only (smoke test, not a measurement)")
         backends, batch_sizes, context_lens = ["torch"], [1, 2, 4], [64, 256]
         heads, dtype = (8, 2, 64), torch.float32
-    print(f"{'backend':8} {'batch':>5} {'context':>7} {'ms':>9} {'GB/s':>8} {'% peak':>7}")
+        copy = 0.0
+    print(
+        f"{'backend':8} {'batch':>5} {'context':>7} {'ms':>9} {'GB/s':>8} {'% peak':>7} "
+        f"{'% copy':>7}"
+    )
     for context_len in context_lens:
         for num_seqs in batch_sizes:
             shape = Shape(num_seqs, context_len, *heads, args.block_size, dtype)
@@ -153,7 +171,11 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 gbps = shape.bytes_moved / (ms * 1e-3) / 1e9
                 share = f"{100 * gbps / peak:6.1f}%" if peak else "      -"
-                print(f"{backend:8} {num_seqs:5} {context_len:7} {ms:9.4f} {gbps:8.1f} {share}")
+                of_copy = f"{100 * gbps / copy:6.1f}%" if copy else "      -"
+                print(
+                    f"{backend:8} {num_seqs:5} {context_len:7} {ms:9.4f} {gbps:8.1f} {share} "
+                    f"{of_copy}"
+                )
             del inputs
 
 
