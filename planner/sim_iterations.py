@@ -5,9 +5,10 @@ destination's `pending` heap. A busy node collects what has landed when its iter
 (DONE); an idle node gets one WAKE event at the earliest landing.
 
 Written for CPython speed (a 500-node run executes tens of millions of these): `__slots__`
-attributes read into locals, a link's effective bandwidth precomputed, each iteration's cost
-computed inline, and the common batch (what landed is one transfer of one packet) built without
-going through the node's queues.
+attributes read into locals, a link's effective bandwidth precomputed, the common one-packet
+iteration's output sent inline, and a batch that is just what landed (nothing left queued, and it
+fits one iteration) built without going through the node's queues. Behaviour is exactly that of
+the straightforward version: same events, in the same order, with the same floats.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def test_the_runtime_batching_as_a_sim_config(stages: int) -> None:
     assert config.lengths.kind == "fixed" and config.lengths.output_mean_tokens == 63
     placement = bench.even_placement(stages)
     assert sorted(placement.values())[0][0] == 0 and max(e for _, e in placement.values()) == 30
-    assert bench.profile_sizes(32, 64, [stages]) == (
+    assert bench.profile_sizes(32, 64, stages) == (
         sorted({1, 64, batch * 64}),
         sorted({1, 4, batch}),
     )
