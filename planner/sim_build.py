@@ -65,4 +65,8 @@ def build_links(
             link = links[(u, v)] = Link(bps, spec.latency_ms / 1e3, src, dst)
             if src is not None:
                 src.out[v] = link
+            if dst is not None:
+                dst.lat_in_min = min(dst.lat_in_min, link.latency_s)
+    for link in links.values():
+        link.direct = link.dst is not None and link.latency_s <= link.dst.lat_in_min
     return links

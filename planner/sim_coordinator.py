@@ -194,8 +194,8 @@ class Coordinator:
                 rec.decode_step(now, now - packet.step_start, len(reqs))
                 survivors = []
                 for request in reqs:
-                    request.done += 1
-                    if request.done >= request.output:
+                    done = request.done = request.done + 1
+                    if done >= request.output:
                         self._release(request, now)
                         freed = True
                     else:

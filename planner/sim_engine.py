@@ -78,6 +78,7 @@ class Simulator(NodeEvents):
             while heap:
                 at, _, handler, payload = pop(heap)
                 if at > end:
+                    self._unstart(end)
                     return
                 count += 1
                 now = at
@@ -86,6 +87,13 @@ class Simulator(NodeEvents):
         finally:
             self.now = now
             self.num_events += count
+
+    def _unstart(self, end: float) -> None:
+        """Iterations started ahead (see `sim_iterations`) on what lands after `end` never
+        started: take their decode steps back out of the node's count."""
+        for node in self.nodes:
+            if node.busy and node.iter_start > end:
+                node.decode_seqs -= sum(p.tokens for p in node.batch if not p.is_prompt)
 
     # -- results --------------------------------------------------------------------------------
 

@@ -2,7 +2,14 @@
 
 A transfer is serialised on its link direction and on both ends' NICs, then lands in the
 destination's `pending` heap. A busy node collects what has landed when its iteration ends
-(DONE); an idle node gets one WAKE event at the earliest landing.
+(DONE); an idle node gets one WAKE event at the earliest landing, unless it can start at once:
+
+**Starting ahead (exact).** Transfers into a node are serialised on its NIC, so one sent later
+finishes after every one sent so far and lands no earlier than `nic_in_free + lat_in_min`. An
+idle node whose next landing comes no later than that knows its next batch already: it starts
+the iteration (dated at the landing) when the transfer is sent, or when its previous iteration
+ends, and skips the WAKE. Results are the same; only `num_events` drops (tested against runs
+with it switched off). An iteration dated after the run's end is taken back out of the count.
 
 Written for CPython speed (a 500-node run executes tens of millions of these): `__slots__`
 attributes read into locals, a link's effective bandwidth precomputed, the common one-packet
@@ -71,9 +78,13 @@ class NodeEvents:
             src.nic_out_free = done
         dst.nic_in_free = done
         arrival = done + link.latency_s
-        _heappush(dst.pending, (arrival, next(self.counter), packets))
         dst.queued += num_reqs
-        if not dst.busy and arrival < dst.wake_at:
+        if dst.busy or arrival >= dst.wake_at:
+            _heappush(dst.pending, (arrival, next(self.counter), packets))
+        elif link.direct and dst.wake_at == _INF:  # idle, and this lands there first
+            self._begin(dst, arrival, packets, arrival)
+        else:
+            _heappush(dst.pending, (arrival, next(self.counter), packets))
             dst.wake_at = arrival
             _heappush(self.heap, (arrival, next(self.counter), self.on_wake, dst))
 
@@ -82,8 +93,37 @@ class NodeEvents:
         if not node.busy:
             self._next_iteration(node, now)
 
+    def _begin(self, node: Node, now: float, packets: list[Packet], arrival: float) -> None:
+        """An idle node with nothing queued starts on one transfer's `packets` (landed at
+        `arrival` <= `now`), when nothing else has landed by `now`."""
+        num_seqs = ctx = 0
+        for p in packets:
+            p.arrived = arrival
+            if p.is_prompt:
+                break
+            num_seqs += p.tokens
+            ctx += p.ctx
+        else:
+            if num_seqs <= self.batch_cap:
+                self._run(node, now, packets, num_seqs, ctx, 0, 0)
+                return
+        _heappush(node.pending, (arrival, next(self.counter), packets))
+        self._collect(node, now)
+
     def _next_iteration(self, node: Node, now: float) -> None:
         """The node is idle at `now`: start on what has landed, or wake up when something does."""
+        pending = node.pending
+        if pending and pending[0][0] <= now and not node.decode_q and not node.prompt_q:
+            arrival, _, packets = _heappop(pending)
+            if not pending or pending[0][0] > now:  # one transfer landed: the common case
+                self._begin(node, now, packets, arrival)
+                return
+            _heappush(pending, (arrival, _, packets))
+        self._collect(node, now)
+
+    def _collect(self, node: Node, now: float) -> None:
+        """`_next_iteration` in general: take what has landed by `now` into the batch or the
+        queues, start an iteration, or wake up when the next transfer lands."""
         pending = node.pending
         if pending and pending[0][0] <= now:
             decode_q, prompt_q = node.decode_q, node.prompt_q
@@ -124,8 +164,12 @@ class NodeEvents:
         if node.decode_q or node.prompt_q:
             self._start(node, now)
         elif pending and pending[0][0] < node.wake_at:
-            at = node.wake_at = pending[0][0]
-            _heappush(self.heap, (at, next(self.counter), self.on_wake, node))
+            at = pending[0][0]
+            if at <= node.nic_in_free + node.lat_in_min:  # nothing sent later lands first
+                self._next_iteration(node, at)
+            else:
+                node.wake_at = at
+                _heappush(self.heap, (at, next(self.counter), self.on_wake, node))
 
     def _start(self, node: Node, now: float) -> None:
         """Start an iteration from the node's queues: every decode step (up to the batch cap,
@@ -183,6 +227,8 @@ class NodeEvents:
                 start if start > self.win_start else self.win_start
             )
         batch = node.batch
+        if self.observe is not None:  # before sending: a next hop may start on them at once
+            self.observe(node.index, sum(now - p.arrived for p in batch) / len(batch))
         if len(batch) != 1:
             self._send_outputs(node, batch, now)
         else:  # _transfer, written out for the common case of one packet
@@ -208,13 +254,15 @@ class NodeEvents:
                 done = start + self.act_bytes * p.tokens / link.bps
                 link.free_s = node.nic_out_free = dst.nic_in_free = done
                 arrival = done + link.latency_s
-                _heappush(dst.pending, (arrival, next(self.counter), batch))
                 dst.queued += num_reqs
-                if not dst.busy and arrival < dst.wake_at:
+                if dst.busy or arrival >= dst.wake_at:
+                    _heappush(dst.pending, (arrival, next(self.counter), batch))
+                elif link.direct and dst.wake_at == _INF:
+                    self._begin(dst, arrival, batch, arrival)
+                else:
+                    _heappush(dst.pending, (arrival, next(self.counter), batch))
                     dst.wake_at = arrival
                     _heappush(self.heap, (arrival, next(self.counter), self.on_wake, dst))
-        if self.observe is not None:
-            self.observe(node.index, sum(now - p.arrived for p in batch) / len(batch))
         if node.pending or node.decode_q or node.prompt_q:
             self._next_iteration(node, now)
 
@@ -229,8 +277,18 @@ class NodeEvents:
                 out[dest] = [p]
             else:
                 group.append(p)
+        links, transfer = node.out, self.transfer
+        if len(out) == 1:  # every packet goes the same way
+            num_reqs = tokens = 0
+            for p in batch:
+                tokens += p.tokens
+                num_reqs += len(p.reqs)
+            node.queued -= num_reqs
+            (dest,) = out
+            nbytes = self.token_bytes * num_reqs if dest < 0 else self.act_bytes * tokens
+            transfer(links[dest], out[dest], nbytes, num_reqs, now)
+            return
         sent = 0
-        links = node.out
         for dest, packets in out.items():
             if len(packets) == 1:
                 tokens, num_reqs = packets[0].tokens, len(packets[0].reqs)
@@ -241,7 +299,7 @@ class NodeEvents:
                     num_reqs += len(p.reqs)
             sent += num_reqs
             nbytes = self.token_bytes * num_reqs if dest < 0 else self.act_bytes * tokens
-            self.transfer(links[dest], packets, nbytes, num_reqs, now)
+            transfer(links[dest], packets, nbytes, num_reqs, now)
         node.queued -= sent
 
 

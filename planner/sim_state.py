@@ -79,6 +79,7 @@ class Node:
         "kv_last", "seats", "nic_bps", "nic_out_free", "nic_in_free", "prompt_q", "decode_q",
         "pending", "wake_at", "busy", "batch", "iter_start", "busy_s", "iterations",
         "decode_seqs", "queued", "num_layers", "out", "empty_prompt_s", "empty_decode_s",
+        "lat_in_min",
     )  # fmt: skip
 
     def __init__(
@@ -120,15 +121,21 @@ class Node:
         """Requests in flight to, waiting at, or running on this node."""
         self.out: dict[int, Link] = {}
         """Links to each successor (node index, or SINK)."""
+        self.lat_in_min = math.inf
+        """The lowest latency of the links into this node."""
 
 
 class Link:
     """One direction of a link between two endpoints; `free_s` is when its last transfer
     finishes. `bps` is the slowest of the link and the two ends' NICs (fixed per pair)."""
 
-    __slots__ = ("bps", "latency_s", "free_s", "src", "dst")
+    __slots__ = ("bps", "latency_s", "free_s", "src", "dst", "direct")
 
     def __init__(self, bps: float, latency_s: float, src: Node | None, dst: Node | None):
         self.bps, self.latency_s, self.free_s = bps, latency_s, 0.0
         self.src, self.dst = src, dst
         """The end nodes; None for the coordinator."""
+        self.direct = False
+        """No link into `dst` is faster: nothing sent later can land there before a transfer on
+        this link does (transfers into a node are serialised on its NIC), so an idle `dst` may
+        start on what it carries as soon as it is sent (set by `build_links`)."""
