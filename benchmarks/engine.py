@@ -201,7 +201,9 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--size", default="100m", choices=["100m", "20m"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
+    parser.add_argument(
+        "--attention-backend", default="torch", choices=["torch", "triton", "pallas"]
+    )
     args = parser.parse_args()
     engine_args = {"device": args.device, "attention_backend": args.attention_backend}
     from transformers import AutoModelForCausalLM
@@ -261,7 +263,8 @@ def main() -> None:
         f"shared 512-token prefix, TTFT: {with_cache * 1e3:.1f} ms with prefix caching, "
         f"{without * 1e3:.1f} ms without ({without / with_cache:.1f}x)"
     )
-    print(f"KV waste under a mixed workload: {kv_waste(folder, **engine_args):.2%} of allocated slots unused")
+    waste = kv_waste(folder, **engine_args)
+    print(f"KV waste under a mixed workload: {waste:.2%} of allocated slots unused")
 
 
 if __name__ == "__main__":
