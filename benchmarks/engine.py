@@ -136,10 +136,13 @@ def same_greedy_as_hf(llm: LLM, hf: torch.nn.Module, new_tokens: int = 16) -> st
         for prompt, mine in zip(prompts, ours):
             ids = torch.tensor([prompt], device=hf.device)
             out = hf.generate(
-                ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                ids,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
                 pad_token_id=0,
             )
-            same += out[0, len(prompt):].tolist() == mine
+            same += out[0, len(prompt) :].tolist() == mine
     return f"{same}/{len(prompts)} prompts ({new_tokens} tokens)"
 
 
@@ -158,9 +161,7 @@ def same_greedy(llm: LLM, cpp: llamacpp.LlamaCpp, new_tokens: int = 16) -> str:
 
 
 def shared_prefix_ttft(folder: Path, caching: bool, **engine_args: str) -> float:
-    llm = LLM(
-        str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5, **engine_args
-    )
+    llm = LLM(str(folder), enable_prefix_caching=caching, kv_cache_memory_gb=0.5, **engine_args)
     prefix = prompts_of(1, 512, seed=1)[0]
     params = SamplingParams(temperature=0, max_tokens=1)
     llm.generate([{"prompt_token_ids": prefix + [7]}], params)  # warm the cache
@@ -211,7 +212,8 @@ def main() -> None:
     folder = build_model(Path(tempfile.mkdtemp(prefix="helix-bench-")), args.size)
     bandwidth = memory_bandwidth_gbps(args.device)
     where = (
-        torch.cuda.get_device_name() if args.device == "cuda"
+        torch.cuda.get_device_name()
+        if args.device == "cuda"
         else f"cpu, torch threads {torch.get_num_threads()}"
     )
     print(
