@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU checks in one go, from the repo root of a machine with an NVIDIA GPU:
-#   bash benchmarks/gpu_check.sh [OUTDIR]
+#   bash benchmarks/gpu_check.sh [OUTDIR]        (STEPS="gpu_tests kernels" runs only those)
 # 1. the `gpu`-marked kernel tests: triton and pallas compiled for the GPU (no interpreter),
 #    against the torch backend at model shapes; 2. paged-decode bandwidth of the three backends
 #    against the data sheet's HBM peak and a measured device copy; 3. the engine on CUDA against
-#    HF transformers on the same GPU (torch attention, then triton). Each step has its own time
+#    HF transformers on the same GPU (torch attention, then triton); 4. a sweep of the Pallas
+#    decode kernel's launch parameters (benchmarks/pallas_tune.py). Each step has its own time
 #    limit and a failing one does not stop the next. Wheels in .whl/ (this package, and any
 #    dependency the machine lacks) are installed to /tmp/site first when present.
 set -u
@@ -21,8 +22,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton, jax; print('torch', torch.__version__, '| triton', \
 triton.__version__, '| jax', jax.__version__, jax.default_backend())"
 cd /tmp  # so that the repo's helix/ folder does not shadow the installed package
+STEPS=${STEPS:-gpu_tests kernels pallas_tune engine engine_triton}
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
+    [[ " $STEPS " == *" $name "* ]] || return 0
     echo "=== $name (limit ${limit}s)"
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee "$OUTDIR/$name.log"
@@ -31,6 +34,7 @@ step() {  # step NAME SECONDS COMMAND...
 step gpu_tests 170 python3 -m pytest -c "$ROOT/pyproject.toml" --rootdir "$ROOT" -p no:cacheprovider \
     -m gpu -q -rs "$ROOT/tests/kernels"
 step kernels 110 python3 "$ROOT/benchmarks/kernels.py" --batch-sizes 1,8,32,64 --context-lens 1024,4096
+step pallas_tune 150 python3 "$ROOT/benchmarks/pallas_tune.py"
 step engine 130 python3 "$ROOT/benchmarks/engine.py" --device cuda --batches 1 8 32 64
 step engine_triton 70 python3 "$ROOT/benchmarks/engine.py" --device cuda --dtypes bfloat16 \
     --batches 1 32 --attention-backend triton

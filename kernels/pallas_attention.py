@@ -66,8 +66,11 @@ def _attend_pages(
     return m_new, denom, acc * alpha[:, None] + pv  # [R], [R], [R, D]
 
 
-def _softmax_loop(q, k_cache_ref, v_cache_ref, table_ref, num_steps, visible, **step_kw):
-    """Run ``_attend_pages`` for steps [0, num_steps) and normalise: -> [R, D] fp32."""
+def _softmax_loop(
+    q, k_cache_ref, v_cache_ref, table_ref, num_steps, visible, first_step=0, **step_kw
+):
+    """Run ``_attend_pages`` for steps [first_step, num_steps): the fp32 carry (max [R],
+    denom [R], acc [R, D]), unnormalised."""
     import jax.numpy as jnp
     from jax import lax
 
@@ -83,7 +86,13 @@ def _softmax_loop(q, k_cache_ref, v_cache_ref, table_ref, num_steps, visible, **
             q, k_cache_ref, v_cache_ref, table_ref, step, visible, carry, **step_kw
         )
 
-    _, denom, acc = lax.fori_loop(0, num_steps, body, init)
+    return lax.fori_loop(first_step, num_steps, body, init)
+
+
+def _normalised(carry):  # -> [R, D] fp32
+    import jax.numpy as jnp
+
+    _, denom, acc = carry
     return acc / jnp.where(denom > 0, denom, 1.0)[:, None]
 
 
@@ -93,11 +102,13 @@ def _decode_kernel(
     v_cache_ref,  # [num_blocks, block_size, D]
     table_ref,  # [max_blocks_pad] int32: this sequence's block table
     seq_len_ref,  # [1] int32
-    o_ref,  # [group_pad, D]
-    *,
+    o_ref,  # [group_pad, D]: the output, or with splits this split's unnormalised fp32 sum
+    *split_refs,  # with splits: max_ref, denom_ref [group_pad] fp32
     scale: float,
     pages_per_step: int,
+    steps_per_split: int,
 ):
+    import jax.numpy as jnp
     from jax.experimental import pallas as pl
 
     seq_len = seq_len_ref[0]
@@ -106,17 +117,27 @@ def _decode_kernel(
     def visible(pos):  # pos: [N] -> [1, N]
         return (pos < seq_len)[None, :]
 
-    out = _softmax_loop(
+    num_steps = pl.cdiv(seq_len, tokens)
+    first = 0
+    if split_refs:  # this program walks steps [first, first + steps_per_split) of the context
+        first = pl.program_id(2) * steps_per_split
+        num_steps = jnp.minimum(num_steps, first + steps_per_split)
+    carry = _softmax_loop(
         q_ref[...],
         k_cache_ref,
         v_cache_ref,
         table_ref,
-        pl.cdiv(seq_len, tokens),
+        num_steps,
         visible,
+        first_step=first,
         scale=scale,
         pages_per_step=pages_per_step,
     )
-    o_ref[...] = out.astype(o_ref.dtype)
+    if not split_refs:
+        o_ref[...] = _normalised(carry).astype(o_ref.dtype)
+        return
+    max_ref, denom_ref = split_refs
+    max_ref[...], denom_ref[...], o_ref[...] = carry
 
 
 def _prefill_kernel(
@@ -148,7 +169,7 @@ def _prefill_kernel(
     kv_end = jnp.minimum(seq_len, prefix_len + (tile + 1) * block_q)
     kv_end = jnp.where(tile * block_q < q_len, kv_end, 0)  # tile past this sequence's queries
     tokens = pages_per_step * k_cache_ref.shape[1]
-    out = _softmax_loop(
+    carry = _softmax_loop(
         q_ref[...],
         k_cache_ref,
         v_cache_ref,
@@ -158,7 +179,7 @@ def _prefill_kernel(
         scale=scale,
         pages_per_step=pages_per_step,
     )
-    o_ref[...] = out.astype(o_ref.dtype)
+    o_ref[...] = _normalised(carry).astype(o_ref.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,12 +187,12 @@ def _prefill_kernel(
 # ---------------------------------------------------------------------------------------------
 
 
-def _compiler_params(interpret: bool) -> Any:
+def _compiler_params(interpret: bool, num_warps: int = 4) -> Any:
     if interpret:
         return None
     from jax.experimental.pallas import triton as plgpu
 
-    return plgpu.CompilerParams(num_warps=4, num_stages=2)
+    return plgpu.CompilerParams(num_warps=num_warps, num_stages=2)
 
 
 def _pad_table(block_tables: jax.Array, pages_per_step: int) -> jax.Array:  # [B, M_pad]
@@ -193,8 +214,23 @@ def _kv_specs(k_cache: jax.Array, index_map) -> list[Any]:
 def _decode_call():
     import jax
 
-    @functools.partial(jax.jit, static_argnames=("scale", "pages_per_step", "interpret"))
-    def call(q, k_cache, v_cache, block_tables, seq_lens, *, scale, pages_per_step, interpret):
+    @functools.partial(
+        jax.jit,
+        static_argnames=("scale", "pages_per_step", "num_splits", "num_warps", "interpret"),
+    )
+    def call(
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        seq_lens,
+        *,
+        scale,
+        pages_per_step,
+        num_splits,
+        num_warps,
+        interpret,
+    ):
         import jax.numpy as jnp
         from jax.experimental import pallas as pl
 
@@ -205,22 +241,57 @@ def _decode_call():
         q4 = q.reshape(num_seqs, num_kv_heads, group, head_dim)  # [B, Hkv, G, D]
         q4 = jnp.pad(q4, ((0, 0), (0, 0), (0, group_pad - group), (0, 0)))  # [B, Hkv, Gp, D]
         table = _pad_table(block_tables, pages_per_step)  # [B, M_pad]
-        head_spec = pl.BlockSpec((None, None, group_pad, head_dim), lambda b, h: (b, h, 0, 0))
+        # Splits are sized from the table's width (static), like the Triton kernel's.
+        max_steps = max(1, table.shape[1] // pages_per_step)
+        steps_per_split = -(-max_steps // num_splits)
+        num_splits = -(-max_steps // steps_per_split)  # drop splits that are always empty
+        head_spec = pl.BlockSpec((None, None, group_pad, head_dim), lambda b, h, s: (b, h, 0, 0))
+        if num_splits == 1:
+            out_specs: Any = head_spec
+            out_shape: Any = jax.ShapeDtypeStruct(q4.shape, q.dtype)
+        else:  # per split: unnormalised sum [Gp, D], running max and denominator [Gp]
+            per_split = (num_seqs, num_kv_heads, num_splits, group_pad)
+            row_spec = pl.BlockSpec((None, None, None, group_pad), lambda b, h, s: (b, h, s, 0))
+            out_specs = [
+                pl.BlockSpec(
+                    (None, None, None, group_pad, head_dim), lambda b, h, s: (b, h, s, 0, 0)
+                ),
+                row_spec,
+                row_spec,
+            ]
+            out_shape = [
+                jax.ShapeDtypeStruct((*per_split, head_dim), jnp.float32),
+                jax.ShapeDtypeStruct(per_split, jnp.float32),
+                jax.ShapeDtypeStruct(per_split, jnp.float32),
+            ]
         out = pl.pallas_call(
-            functools.partial(_decode_kernel, scale=scale, pages_per_step=pages_per_step),
-            grid=(num_seqs, num_kv_heads),
+            functools.partial(
+                _decode_kernel,
+                scale=scale,
+                pages_per_step=pages_per_step,
+                steps_per_split=steps_per_split,
+            ),
+            grid=(num_seqs, num_kv_heads, num_splits),
             in_specs=[
                 head_spec,
-                *_kv_specs(k_cache, lambda b, h: (0, 0, h, 0)),
-                pl.BlockSpec((None, table.shape[1]), lambda b, h: (b, 0)),
-                pl.BlockSpec((1,), lambda b, h: (b,)),
+                *_kv_specs(k_cache, lambda b, h, s: (0, 0, h, 0)),
+                pl.BlockSpec((None, table.shape[1]), lambda b, h, s: (b, 0)),
+                pl.BlockSpec((1,), lambda b, h, s: (b,)),
             ],
-            out_specs=head_spec,
-            out_shape=jax.ShapeDtypeStruct(q4.shape, q.dtype),
+            out_specs=out_specs,
+            out_shape=out_shape,
             interpret=interpret,
-            compiler_params=_compiler_params(interpret),
+            compiler_params=_compiler_params(interpret, num_warps),
             name="helix_paged_decode",
-        )(q4, k_cache, v_cache, table, seq_lens)  # [B, Hkv, Gp, D]
+        )(q4, k_cache, v_cache, table, seq_lens)
+        if num_splits > 1:  # merge the splits' online-softmax states: [B, Hkv, Gp, D]
+            acc, m, denom = out
+            weight = jnp.exp(m - m.max(axis=2, keepdims=True))  # [B, Hkv, S, Gp]
+            total = (weight * denom).sum(axis=2)  # [B, Hkv, Gp]
+            out = (weight[..., None] * acc).sum(axis=2) / jnp.where(total > 0, total, 1.0)[
+                ..., None
+            ]
+            out = out.astype(q.dtype)
         return out[:, :, :group].reshape(num_seqs, num_heads, head_dim)
 
     return call
@@ -370,11 +441,18 @@ def _check_index(name: str, x: jax.Array, shape: tuple[int | None, ...]) -> None
 
 
 def _resolve(
-    interpret: bool | None, x: jax.Array, pages_per_step: int | None, block_size: int
+    interpret: bool | None,
+    x: jax.Array,
+    pages_per_step: int | None,
+    block_size: int,
+    tokens_per_step: int = 64,
 ) -> tuple[bool, int]:
+    """bf16 decode walks 128 tokens per step (the best of 64/128 on an H200,
+    benchmarks/pallas_tune.py); fp32 decode and prefill walk 64, since their fp32 tiles of 128
+    exceed the H200's shared memory."""
     if interpret is None:  # Pallas runs on CPU only in interpret mode
         interpret = next(iter(x.devices())).platform == "cpu"
-    pages_per_step = pages_per_step or max(1, 64 // block_size)
+    pages_per_step = pages_per_step or max(1, tokens_per_step // block_size)
     _require("pages_per_step", pages_per_step >= 1, f"must be >= 1, got {pages_per_step}")
     return interpret, pages_per_step
 
@@ -408,13 +486,22 @@ def pallas_decode(
     *,
     scale: float,
     pages_per_step: int | None = None,
+    num_splits: int | None = None,
+    num_warps: int = 8,
     interpret: bool | None = None,
 ) -> jax.Array:  # [B, H, D]
-    _, block_size, _, _ = _check_cache(k_cache, v_cache)
+    """``num_splits`` (default: enough (sequence, kv head, split) programs to fill the GPU)
+    divides each sequence's KV walk among programs whose partial softmax states are merged."""
+    _, block_size, num_kv_heads, _ = _check_cache(k_cache, v_cache)
     _check_query(q, k_cache)
     _check_index("block_tables", block_tables, (q.shape[0], None))
     _check_index("seq_lens", seq_lens, (q.shape[0],))
-    interpret, pages_per_step = _resolve(interpret, q, pages_per_step, block_size)
+    tokens = 128 if q.dtype.itemsize <= 2 else 64  # fp32 tiles of 128 exceed shared memory
+    interpret, pages_per_step = _resolve(interpret, q, pages_per_step, block_size, tokens)
+    if num_splits is None:
+        num_splits = _default_num_splits(q, num_kv_heads, interpret)
+    _require("num_splits", num_splits >= 1, f"must be >= 1, got {num_splits}")
+    _require("num_warps", num_warps in (1, 2, 4, 8, 16), f"must be a power of two, got {num_warps}")
     return _decode_call()(
         q,
         k_cache,
@@ -423,8 +510,19 @@ def pallas_decode(
         seq_lens,
         scale=float(scale),
         pages_per_step=pages_per_step,
+        num_splits=num_splits,
+        num_warps=num_warps,
         interpret=interpret,
     )
+
+
+def _default_num_splits(q: jax.Array, num_kv_heads: int, interpret: bool) -> int:
+    """Split the KV walk when (sequence, kv head) programs alone leave the GPU's cores idle."""
+    if interpret:
+        return 1
+    cores = int(getattr(next(iter(q.devices())), "core_count", 0) or 132)
+    programs = q.shape[0] * num_kv_heads
+    return max(1, min(-(-4 * cores // programs), 32))
 
 
 def pallas_prefill(
