@@ -6,16 +6,21 @@
 1. For each cluster, `helix profile` (its Python API) measures SmolLM2-135M here the way its nodes
    will run: the torch threads each local node gets (LocalCluster's rule: cores // nodes), stages
    of the nodes' size, the micro-batches the runtime will send (prompts of the workload's length,
-   decode at its mean context), the LM head + sampling of the last stage; median of repeated runs.
+   decode at its mean context), the LM head + sampling of the last stage, and a node's work per
+   pass beside its layers (messages, batch set-up); median of repeated runs; for S > 1 beside
+   S - 1 co-runner processes doing the other nodes' decode passes (they share the cores, cache
+   and memory bandwidth), and a second time alone, for the table's last column.
 2. Cluster files of S nodes (the local-cpu GPU kind, no addresses: local processes) carry that
    profile; the plan is the even split of the 30 layers (plan-S.yaml in --out).
 3. The runtime: an offline batch of N requests (fixed prompt, `ignore_eos` outputs) through
    LocalCluster; generated (decode) tokens/s and total (prompt + generated) tokens/s.
 4. The simulator: the same plan and workload, offline, with the runtime's batching (below).
-5. A table: measured, simulated, sim / measured, within 25 %.
+5. A table: measured, simulated, sim / measured, within 25 %, the share of the CPU other work
+   used during the run and the profile, and the simulation of the node profiled alone.
 
 `MODEL` below says what the simulator assumes. Timings on a shared machine: run it under the
-benchmark lock; before each timing it waits until other work leaves the CPU nearly idle.
+benchmark lock; before each timing it waits until other work leaves the CPU nearly idle, and it
+repeats a profile or run during which other work (not under the lock) used the CPU.
 """
 
 from __future__ import annotations
@@ -45,15 +50,25 @@ The simulator's model of a local cluster (what this check validates):
   large as the node's (1-4 layer stages stay in the 32 MB cache here and read 10-25 % fast), as
   the median of repeated runs (the fastest run reads ~15 % fast for a node serving back to back);
 - the node holding the last layer adds the measured LM head + sampling time per pass;
+- every node adds its measured time per pass beside the layers (ZeroMQ message in and out,
+  codec, batch set-up, KV bookkeeping: `helix profile` times the node's own code around layers
+  that cost nothing), by prompt tokens or decode sequences;
 - batching as the runtime does it: the coordinator keeps `stages` micro-batches in flight, so a
   node runs at most ceil(N / stages) sequences (and their prompt tokens) per pass, and all N
   requests are admitted at once (max_prefilling = N);
 - the runtime's max_tokens = O is one prompt pass (first token) + O - 1 decode passes, so the
   simulator runs O - 1 decode steps;
 - links: 10 Gbit/s, 0.1 ms (ipc:// sockets on one machine);
-- not modelled: the coordinator's own CPU time and Python work per pass outside the forward
-  (message codec, batch set-up), and sharing of the cores between node processes beyond the
-  thread count each node is profiled with."""
+- sharing of the machine: S local nodes share its 2 cores, cache and memory bandwidth, so a
+  node of an S-stage cluster is profiled beside S - 1 co-runner processes doing the other
+  nodes' decode passes non-stop (`helix profile --co-runners`): an upper bound on contention,
+  since in the pipeline they idle part of the time. The last column profiles the node alone
+  (as if each node had the cores its threads ask for: a lower bound). The contention in between
+  (the neighbours' duty cycle) is not modelled;
+- not modelled either: the coordinator's own CPU time per pass (token bookkeeping,
+  detokenizing, dispatch: ~2-3 ms a pass here).
+Timings count the CPU other work used meanwhile (/proc) and are repeated when it exceeds
+--max-foreign: on this shared machine, such work made runs up to 2.5x slower."""
 
 
 def threads_for(stages: int, cores: int | None = None) -> int:
@@ -131,8 +146,18 @@ def simulated(cluster: Any, plan: Any, requests: int, prompt: int, output: int) 
 
 
 def measured(
-    cluster: Any, plan: Any, threads: int, requests: int, prompt: int, output: int, repeats: int
+    cluster: Any,
+    plan: Any,
+    threads: int,
+    requests: int,
+    prompt: int,
+    output: int,
+    repeats: int,
+    max_foreign: float = 0.1,
+    max_tries: int = 6,
 ) -> dict[str, Any]:
+    """`repeats` timed runs in which other work used at most `max_foreign` of the CPU (see
+    `Foreign`; at most `max_tries` runs in all); the fastest of them, else the least disturbed."""
     from helix import LLM, SamplingParams
     from helix.runtime.cluster_launch import LocalCluster
 
@@ -148,50 +173,127 @@ def measured(
         llm = LLM.from_engine(local.engine)
         llm.generate(prompts[:4], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
         runs = []
-        for _ in range(repeats):
+        while len(runs) < max_tries and sum(r[2] <= max_foreign for r in runs) < repeats:
             cpu = [_cpu_s(p.pid) for p in local.processes]
+            foreign = Foreign()
             start = time.perf_counter()
             outs = llm.generate(prompts, params)
             seconds = time.perf_counter() - start
+            other = foreign.share()
             if any(len(o.outputs[0].token_ids) != output for o in outs):
                 raise RuntimeError("a request did not generate all its tokens")
             busy = [(_cpu_s(p.pid) - c) / (threads * seconds) for p, c in zip(local.processes, cpu)]
-            runs.append((seconds, dict(zip(local.local_names, busy))))
-    best, busy = min(runs, key=lambda run: run[0])  # the run least disturbed by other work
+            runs.append((seconds, dict(zip(local.local_names, busy)), other))
+            if other > max_foreign:
+                print(f"  run disturbed: other work used {other:.0%} of the CPU", flush=True)
+    clean = [run for run in runs if run[2] <= max_foreign]
+    pick = min(clean, key=lambda r: r[0]) if clean else min(runs, key=lambda r: r[2])
+    best, busy, other = pick
     return {
         "seconds": best,
-        "runs_s": [round(s, 3) for s, _ in runs],
+        "runs_s": [round(s, 3) for s, _, _ in runs],
+        "runs_foreign_cpu": [round(f, 3) for _, _, f in runs],
+        "foreign_cpu": round(other, 3),
         "generated_tokens_per_s": requests * output / best,
         "total_tokens_per_s": requests * (prompt + output) / best,
         "node_cpu_busy": {name: round(b, 3) for name, b in busy.items()},
     }
 
 
-def _cpu_s(pid: int) -> float:
-    """CPU seconds a process has used (user + system), from /proc; 0 where there is none."""
+class Foreign:
+    """CPU used by other work while a timing runs: the machine's busy CPU time (/proc/stat) less
+    what this process and its descendants (local nodes, the profiler's co-runners) used, as a
+    share of all cores; 0 without /proc."""
+
+    def __init__(self) -> None:
+        self.start = (_machine_busy_s(), self._ours(), time.perf_counter())
+
+    @staticmethod
+    def _ours() -> float:
+        """CPU seconds of this process, of its children that exited and were waited for, and of
+        every live descendant."""
+        me = os.getpid()
+        return _cpu_s(me, exited_children=True) + sum(
+            _cpu_s(pid) for pid in _descendants(me) if pid != me
+        )
+
+    def share(self) -> float:
+        busy0, ours0, t0 = self.start
+        wall = time.perf_counter() - t0
+        other = (_machine_busy_s() - busy0) - (self._ours() - ours0)
+        share = other / (wall * (os.cpu_count() or 1)) if wall > 0 else 0.0
+        return min(1.0, max(0.0, share))  # /proc counts in ticks: a short window reads coarse
+
+
+def _descendants(root: int) -> list[int]:
+    """`root` and every process below it, from /proc (just `root` without /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds this machine has been busy (all cores; not idle or iowait), from /proc."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int, exited_children: bool = False) -> float:
+    """CPU seconds a process has used (user + system; with `exited_children`, also that of its
+    children it waited for), from /proc; 0 where there is none."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if exited_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def profile(stages: int, threads: int, args: argparse.Namespace) -> dict[str, Any]:
+def profile(
+    stages: int, threads: int, args: argparse.Namespace, co_runners: int = 0, max_tries: int = 3
+) -> tuple[dict[str, Any], float]:
+    """The profile entry and the share of the CPU other work used while it was measured: timed
+    again (at most `max_tries` times) while that share exceeds --max-foreign. `co_runners`:
+    timed beside that many processes standing for the cluster's other nodes, all busy."""
     from helix.profile_cli import profile_entry
     from helix.runtime.profiler import measure_layer_times
 
     prompt_tokens, decode_batches = profile_sizes(args.requests, args.prompt, stages)
-    timings = measure_layer_times(
-        MODEL_NAME,
-        batch_tokens=prompt_tokens,
-        decode_batches=decode_batches,
-        context_tokens=args.prompt + args.output // 2,
-        layer_counts=[max(end - start for start, end in even_placement(stages).values())],
-        min_time_s=args.min_time,
-        threads=threads,
-        prompt_seq_tokens=args.prompt,
-    )
-    return profile_entry(timings)
+    tries = []
+    for _ in range(max_tries):
+        foreign = Foreign()
+        timings = measure_layer_times(
+            MODEL_NAME,
+            batch_tokens=prompt_tokens,
+            decode_batches=decode_batches,
+            context_tokens=args.prompt + args.output // 2,
+            layer_counts=[max(end - start for start, end in even_placement(stages).values())],
+            min_time_s=args.min_time,
+            threads=threads,
+            prompt_seq_tokens=args.prompt,
+            co_runners=co_runners,
+        )
+        tries.append((foreign.share(), profile_entry(timings)))
+        if tries[-1][0] <= args.max_foreign:
+            break
+        print(f"  profile disturbed: other work used {tries[-1][0]:.0%} of the CPU", flush=True)
+    other, entry = min(tries, key=lambda t: t[0])
+    return entry, other
 
 
 def cpu_busy(window_s: float = 3.0) -> float | None:
@@ -228,9 +330,10 @@ def wait_for_quiet(max_busy: float | None, timeout_s: float = 1800.0) -> float |
 def _table(rows: list[dict[str, Any]]) -> str:
     head = (
         "| stages | threads/node | measured gen tok/s | simulated gen tok/s | sim/measured "
-        "| within 25 % | measured total tok/s | simulated total tok/s | sim/measured |"
+        "| within 25 % | measured total tok/s | simulated total tok/s | sim/measured "
+        "| other work: run / profile | simulated gen tok/s, node profiled alone: sim/measured |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         m, s = r["measured"], r["simulated"]
         ratio = s["generated_tokens_per_s"] / m["generated_tokens_per_s"]
@@ -239,9 +342,18 @@ def _table(rows: list[dict[str, Any]]) -> str:
             f"| {r['stages']} | {r['threads']} | {m['generated_tokens_per_s']:.1f} "
             f"| {s['generated_tokens_per_s']:.1f} | {ratio:.2f} "
             f"| {'yes' if abs(ratio - 1) <= 0.25 else 'no'} | {m['total_tokens_per_s']:.1f} "
-            f"| {s['total_tokens_per_s']:.1f} | {total:.2f} |"
+            f"| {s['total_tokens_per_s']:.1f} | {total:.2f} "
+            f"| {m.get('foreign_cpu', 0):.0%} / {s.get('profile_foreign_cpu', 0):.0%} "
+            f"| {_alone_cell(s.get('node_alone'), m)} |"
         )
     return "\n".join(lines)
+
+
+def _alone_cell(alone: dict[str, Any] | None, m: dict[str, Any]) -> str:
+    if alone is None:
+        return "-"
+    rate = alone["generated_tokens_per_s"]
+    return f"{rate:.1f}: {rate / m['generated_tokens_per_s']:.2f}"
 
 
 def main() -> None:
@@ -269,6 +381,19 @@ def main() -> None:
     parser.add_argument(
         "--max-wait", type=float, default=1800.0, help="seconds to wait for that (default 1800)"
     )
+    parser.add_argument(
+        "--no-co-runners",
+        dest="co_runners",
+        action="store_false",
+        help="profile each node alone (no co-runners standing for the other nodes), once",
+    )
+    parser.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.1,
+        help="a timed run or profile during which other work used more than this share of the "
+        "CPU is repeated (a few times at most; the table shows the share; default 0.1)",
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the local nodes too
     max_busy = args.max_busy if args.max_busy >= 0 else None
@@ -279,9 +404,10 @@ def main() -> None:
     for stages in args.stages:
         threads = threads_for(stages)
         kind = f"cpu-{threads}t-{stages}s"  # measured for this cluster's nodes
+        neighbours = stages - 1 if args.co_runners else 0
         wait_for_quiet(max_busy, args.max_wait)
         started = time.perf_counter()
-        entry = profile(stages, threads, args)
+        entry, profile_foreign = profile(stages, threads, args, co_runners=neighbours)
         text = yaml.safe_dump({kind: entry}, sort_keys=False)
         (out / f"profile-{kind}.yaml").write_text(text)
         print(f"profiled {kind} in {time.perf_counter() - started:.0f} s")
@@ -291,10 +417,21 @@ def main() -> None:
         plan = even_plan(cluster, stages)
         save_plan(plan, out / f"plan-{stages}.yaml")
         sim = simulated(cluster, plan, args.requests, args.prompt, args.output)
+        sim["profile_foreign_cpu"] = round(profile_foreign, 3)
+        if neighbours:  # the other bound: the node profiled alone, as if it had its own cores
+            alone_entry, alone_foreign = profile(stages, threads, args)
+            (out / f"profile-{kind}-alone.yaml").write_text(
+                yaml.safe_dump({kind: alone_entry}, sort_keys=False)
+            )
+            alone_cluster = cluster_from_dict(cluster_dict(stages, kind, alone_entry))
+            alone = simulated(alone_cluster, plan, args.requests, args.prompt, args.output)
+            alone["profile_foreign_cpu"] = round(alone_foreign, 3)
+            sim["node_alone"] = alone
         busy_before = wait_for_quiet(max_busy, args.max_wait)
         real = measured(
-            cluster, plan, threads, args.requests, args.prompt, args.output, args.repeats
-        )
+            cluster, plan, threads, args.requests, args.prompt, args.output, args.repeats,
+            args.max_foreign,
+        )  # fmt: skip
         real["cpu_busy_before"] = None if busy_before is None else round(busy_before, 2)
         rows.append({"stages": stages, "threads": threads, "measured": real, "simulated": sim})
         print(f"{stages} stage(s): measured {real}, simulated {sim}", flush=True)

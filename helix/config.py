@@ -275,7 +275,10 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
                 "prompt_layer_ms_by_tokens",
                 "decode_layer_ms_by_batch",
                 "head_ms_by_batch",
+                "prompt_pass_ms_by_tokens",
+                "decode_pass_ms_by_batch",
                 "threads",
+                "co_runners",
                 "statistic",
             },
             path,
@@ -285,6 +288,11 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
             isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
         ):
             raise SpecError(f"{path}.threads", f"must be a positive integer, got {threads!r}")
+        co_runners = entry.get("co_runners", 0)
+        if isinstance(co_runners, bool) or not isinstance(co_runners, int) or co_runners < 0:
+            raise SpecError(
+                f"{path}.co_runners", f"must be a non-negative integer, got {co_runners!r}"
+            )
         from helix.planner.sim_compute import parse_layer_tables
 
         tables = parse_layer_tables(entry, path)
@@ -306,6 +314,8 @@ def _profiles(section: Any, gpus: dict[str, GpuSpec]) -> dict[str, Profile]:
                 None if tables is None else tables.prompt_layer_ms_by_tokens,
                 None if tables is None else tables.decode_layer_ms_by_batch,
                 None if tables is None else tables.head_ms_by_batch or None,
+                None if tables is None else tables.prompt_pass_ms_by_tokens or None,
+                None if tables is None else tables.decode_pass_ms_by_batch or None,
             )
         except SpecError as exc:
             raise SpecError(f"{path}.{exc.path}", exc.message) from None
@@ -362,7 +372,9 @@ def _profile_dict(profile: Profile) -> dict[str, Any]:
     }
     if profile.decode_layer_ms is not None:
         out["decode_layer_ms"] = profile.decode_layer_ms
-    for key in ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch", "head_ms_by_batch"):
+    from helix.planner.sim_compute import OPTIONAL_KEYS, TABLE_KEYS
+
+    for key in (*TABLE_KEYS, *OPTIONAL_KEYS):
         table = getattr(profile, key)
         if table is not None:
             out[key] = {int(n): float(ms) for n, ms in table}

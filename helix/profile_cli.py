@@ -16,11 +16,20 @@ The file holds one GPU kind named after the device, ready to paste under a clust
       prompt_layer_ms_by_tokens: {1: 0.3, 8: 0.5, ...}
       decode_layer_ms_by_batch: {1: 0.3, 8: 0.41, ...}
       head_ms_by_batch: {1: 2.1, 8: 3.0, ...}
+      prompt_pass_ms_by_tokens: {1: 0.4, 8: 0.5, ...}
+      decode_pass_ms_by_batch: {1: 0.4, 8: 0.9, ...}
 
 `head_ms_by_batch` is what the last stage of a pipeline adds per pass: final norm, LM head and
 greedy sampling of N sequences (the simulator charges it to the node holding the last layer).
+`prompt_pass_ms_by_tokens` / `decode_pass_ms_by_batch` are what every node of the sharded runtime
+spends per pass beside its layers: the ZeroMQ message in and out, its codec, batch set-up and KV
+bookkeeping, timed through the node's own code (`--no-pass-times` skips them; a profile without
+them counts them as 0).
 `threads` is the torch thread count the times were taken with (`--threads`; a local node started
-by LocalCluster gets cores // nodes threads, so profile with that). `statistic` says which of the
+by LocalCluster gets cores // nodes threads, so profile with that). `co_runners` (`--co-runners
+K`) says K other processes ran decode passes of the same stage size and threads meanwhile: the
+other K nodes of a local cluster sharing this machine's cores, cache and memory bandwidth (the
+times are then those of a node whose neighbours are all busy). `statistic` says which of the
 repeated runs each time is: the median (default; what a node serving back to back sees) or the
 fastest (`--statistic min`).
 
@@ -106,6 +115,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         choices=["median", "min"],
         help="median (default) or fastest of the repeated runs",
     )
+    p.add_argument(
+        "--co-runners",
+        type=int,
+        default=0,
+        metavar="K",
+        help="time while K other processes run decode passes of the same stage size and threads "
+        "(the other nodes of a local cluster on this machine; default 0)",
+    )
+    p.add_argument(
+        "--no-pass-times",
+        dest="pass_times",
+        action="store_false",
+        help="do not time a node's per-pass work beside its layers (messages, batch set-up)",
+    )
     p.add_argument("--kind", default=None, help="GPU kind to file it under (default: device name)")
     p.add_argument(
         "--min-time",
@@ -136,6 +159,8 @@ def cmd(args: argparse.Namespace) -> int:
         prompt_seq_tokens=args.prompt_len,
         decode_batches=args.decode_batches,
         statistic=args.statistic,
+        passes=args.pass_times,
+        co_runners=args.co_runners,
     )
     kind = args.kind or timings.kind
     text = yaml.safe_dump({kind: profile_entry(timings)}, sort_keys=False)
@@ -173,11 +198,16 @@ def profile_entry(timings: LayerTimings, max_layers: int | None = None) -> dict[
     }
     if timings.threads is not None:
         entry["threads"] = timings.threads
+    if timings.co_runners:
+        entry["co_runners"] = timings.co_runners
     entry["statistic"] = timings.statistic
     entry["prompt_layer_ms_by_tokens"] = dict(sorted(timings.prompt_layer_ms.items()))
     entry["decode_layer_ms_by_batch"] = dict(sorted(timings.decode_layer_ms.items()))
     if timings.head_ms:
         entry["head_ms_by_batch"] = dict(sorted(timings.head_ms.items()))
+    if timings.prompt_pass_ms and timings.decode_pass_ms:
+        entry["prompt_pass_ms_by_tokens"] = dict(sorted(timings.prompt_pass_ms.items()))
+        entry["decode_pass_ms_by_batch"] = dict(sorted(timings.decode_pass_ms.items()))
     return entry
 
 
@@ -246,9 +276,12 @@ def _print_table(kind: str, timings: LayerTimings, path: str) -> None:
     table.add_column(f"decode of N seqs (context {timings.context_tokens})", justify="right")
     head = timings.head_ms or {}
     table.add_column("LM head + sampling of N seqs (ms)", justify="right")
+    passes = (timings.prompt_pass_ms or {}, timings.decode_pass_ms or {})
+    table.add_column("node pass of N prompt tokens (ms)", justify="right")
+    table.add_column("node pass of N decode seqs (ms)", justify="right")
     prompt, decode = timings.prompt_layer_ms, timings.decode_layer_ms
     for n in sorted(set(prompt) | set(decode)):
-        cells = [f"{t[n]:.4f}" if n in t else "-" for t in (prompt, decode, head)]
+        cells = [f"{t[n]:.4f}" if n in t else "-" for t in (prompt, decode, head, *passes)]
         table.add_row(str(n), *cells)
     console = Console()
     console.print(table)

@@ -17,10 +17,13 @@ how `CostModel.tokens_per_s` defines T(k)). Sources, chosen per GPU kind by `com
    busy. A decode iteration never takes less than `decode_layer_ms` per layer when the profile
    gives it (a batch of one still reads all the weights).
 
-**The last stage's extra work.** The node holding the model's last layer also runs the final norm,
-the LM head and sampling for every sequence a pass samples. When the measured tables carry
-`head_ms_by_batch`, `add_head_costs` wraps that node's cost in `StageCost`, which adds it per
-pass (for a 135M model the head weighs as much as ~8 of its 30 layers).
+**Per-pass work beside the layers.** The node holding the model's last layer also runs the final
+norm, the LM head and sampling for every sequence a pass samples (`head_ms_by_batch`; for a 135M
+model the head weighs as much as ~8 of its 30 layers). Every node also spends time per pass
+outside its layers: the ZeroMQ message in and out, its codec, batch set-up and KV bookkeeping
+(`prompt_pass_ms_by_tokens`, `decode_pass_ms_by_batch`, measured by `helix profile` through the
+runtime's own node code). Where the measured tables carry them, `add_head_costs` wraps a node's
+cost in `StageCost`, which adds them once per pass; an old profile without them adds nothing.
 
 KV capacity always comes from memory: what `CostModel.memory_utilization` of the GPU leaves after
 the node's weights, counted in token-layer entries (one token cached in one layer).
@@ -41,6 +44,10 @@ TABLE_KEYS = ("prompt_layer_ms_by_tokens", "decode_layer_ms_by_batch")
 """Profile keys the simulator reads beyond `max_layers`, `tokens_per_s`, `decode_layer_ms`."""
 HEAD_KEY = "head_ms_by_batch"
 """Optional: ms of final norm + LM head + sampling for N sampled sequences (the last stage)."""
+PASS_KEYS = ("prompt_pass_ms_by_tokens", "decode_pass_ms_by_batch")
+"""Optional: ms a node spends per pass outside its layers (messages, batch set-up), against
+prompt tokens and decode sequences; absent means 0."""
+OPTIONAL_KEYS = (HEAD_KEY, *PASS_KEYS)
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,15 @@ class LayerTables:
     """One layer, N sequences decoding one token each (context ~128 when measured)."""
     head_ms_by_batch: tuple[tuple[int, float], ...] = ()
     """Last stage only: N sampled sequences through norm, LM head and sampling; () unmeasured."""
+    prompt_pass_ms_by_tokens: tuple[tuple[int, float], ...] = ()
+    """Every node: a prompt pass of N tokens, outside the layers (messages, set-up); () = 0."""
+    decode_pass_ms_by_batch: tuple[tuple[int, float], ...] = ()
+    """Every node: a decode pass of N sequences, outside the layers; () = 0."""
 
     def __post_init__(self) -> None:
-        for name in (*TABLE_KEYS, HEAD_KEY):
+        for name in (*TABLE_KEYS, *OPTIONAL_KEYS):
             points = getattr(self, name)
-            if not points and name != HEAD_KEY:
+            if not points and name not in OPTIONAL_KEYS:
                 raise SpecError(name, "needs at least one {batch: ms} point")
             for n, ms in points:
                 if n < 1 or not ms > 0 or not math.isfinite(ms):
@@ -73,16 +84,17 @@ def parse_layer_tables(entry: Mapping[str, Any], path: str = "profile") -> Layer
     """
     present = [key for key in TABLE_KEYS if entry.get(key) is not None]
     if not present:
-        if entry.get(HEAD_KEY) is not None:
-            raise SpecError(f"{path}.{TABLE_KEYS[0]}", f"missing (it comes with {HEAD_KEY})")
+        extra = next((key for key in OPTIONAL_KEYS if entry.get(key) is not None), None)
+        if extra is not None:
+            raise SpecError(f"{path}.{TABLE_KEYS[0]}", f"missing (it comes with {extra})")
         return None
     if len(present) == 1:
         missing = next(key for key in TABLE_KEYS if key not in present)
         raise SpecError(f"{path}.{missing}", f"missing (it comes with {present[0]})")
     tables: dict[str, tuple[tuple[int, float], ...]] = {}
-    for key in (*TABLE_KEYS, HEAD_KEY):
+    for key in (*TABLE_KEYS, *OPTIONAL_KEYS):
         raw = entry.get(key)
-        if raw is None and key == HEAD_KEY:
+        if raw is None and key in OPTIONAL_KEYS:
             continue
         if not isinstance(raw, Mapping) or not raw:
             raise SpecError(f"{path}.{key}", "must be a non-empty mapping {batch: ms}")
@@ -104,7 +116,7 @@ def profile_tables(profile: Profile | None) -> LayerTables | None:
     """The tables a loaded Profile carries (once `Profile` has the two fields), else None."""
     if profile is None:
         return None
-    raw = {key: getattr(profile, key, None) for key in (*TABLE_KEYS, HEAD_KEY)}
+    raw = {key: getattr(profile, key, None) for key in (*TABLE_KEYS, *OPTIONAL_KEYS)}
     if all(raw[key] is None for key in TABLE_KEYS):
         return None
     if isinstance(raw[TABLE_KEYS[0]], Mapping):
@@ -204,31 +216,49 @@ class TokenRateCost(LayerCost):
 
 
 class StageCost(LayerCost):
-    """`inner` plus the last stage's per-pass head time, spread over the node's `num_layers`
-    layers (the simulator multiplies a layer's cost by them, so a pass pays the head once).
+    """`inner` plus what a node pays once per pass beside its layers, spread over its
+    `num_layers` layers (the simulator multiplies a layer's cost by them, so a pass pays it once):
+    the last stage's `head` time, and every node's `prompt_pass` / `decode_pass` time (messages,
+    batch set-up; by prompt tokens / decode sequences). Empty tables add nothing.
 
     A prompt pass samples one row per prompt; the count is estimated from the batch's sums as
     tokens^2 / sum of squared lengths (exact for prompts of one length, never more than the
-    count). A pass mixing prompts and decode steps pays the head for each part (one call in the
-    runtime; the head grows less than linearly with rows). Under partial inference a pass
-    running fewer layers pays a smaller share."""
+    count). A pass mixing prompts and decode steps pays each part's head and pass time (one call
+    in the runtime; both grow less than linearly with rows, so this slightly overcounts). Under
+    partial inference a pass running fewer layers pays a smaller share."""
 
-    def __init__(self, inner: LayerCost, num_layers: int, head: tuple[tuple[int, float], ...]):
+    def __init__(
+        self,
+        inner: LayerCost,
+        num_layers: int,
+        head: tuple[tuple[int, float], ...] = (),
+        prompt_pass: tuple[tuple[int, float], ...] = (),
+        decode_pass: tuple[tuple[int, float], ...] = (),
+    ):
         self.inner, self._layers, self._head = inner, num_layers, head
+        self._prompt_pass, self._decode_pass = prompt_pass, decode_pass
 
-    def _head_s(self, rows: int) -> float:
-        return _interpolate(self._head, rows) / 1e3 / self._layers
+    def _per_layer_s(self, points: tuple[tuple[int, float], ...], n: int) -> float:
+        return _interpolate(points, n) / 1e3 / self._layers if points else 0.0
 
     def prompt_s(self, num_tokens: int, sum_sq_tokens: int) -> float:
         if num_tokens <= 0:
             return 0.0
         rows = max(1, round(num_tokens * num_tokens / sum_sq_tokens)) if sum_sq_tokens > 0 else 1
-        return self.inner.prompt_s(num_tokens, sum_sq_tokens) + self._head_s(rows)
+        return (
+            self.inner.prompt_s(num_tokens, sum_sq_tokens)
+            + self._per_layer_s(self._head, rows)
+            + self._per_layer_s(self._prompt_pass, num_tokens)
+        )
 
     def decode_s(self, num_seqs: int, context_tokens: int) -> float:
         if num_seqs <= 0:
             return 0.0
-        return self.inner.decode_s(num_seqs, context_tokens) + self._head_s(num_seqs)
+        return (
+            self.inner.decode_s(num_seqs, context_tokens)
+            + self._per_layer_s(self._head, num_seqs)
+            + self._per_layer_s(self._decode_pass, num_seqs)
+        )
 
 
 class _SimNode(Protocol):
@@ -240,13 +270,18 @@ class _SimNode(Protocol):
 def add_head_costs(
     nodes: Sequence[_SimNode], num_layers: int, tables: Mapping[str, LayerTables | None]
 ) -> None:
-    """Wrap the cost of every node holding layer `num_layers - 1` in a StageCost when its GPU
-    kind's tables ({kind: tables}) measured the head."""
+    """Wrap node costs in StageCost where their GPU kind's tables ({kind: tables}) measured
+    per-pass work: the head on every node holding layer `num_layers - 1`, the pass time
+    (messages, batch set-up) on every node."""
     for node in nodes:
         table = tables.get(node.gpu)
-        if table is not None and table.head_ms_by_batch and node.layers[1] == num_layers:
+        if table is None:
+            continue
+        head = table.head_ms_by_batch if node.layers[1] == num_layers else ()
+        passes = (table.prompt_pass_ms_by_tokens, table.decode_pass_ms_by_batch)
+        if head or any(passes):
             k = node.layers[1] - node.layers[0]
-            node.cost = StageCost(node.cost, k, table.head_ms_by_batch)
+            node.cost = StageCost(node.cost, k, head, *passes)
 
 
 COMPUTE_SOURCES = ("auto", "roofline", "profile")

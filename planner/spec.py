@@ -117,6 +117,11 @@ class Profile:
     head_ms_by_batch: tuple[tuple[int, float], ...] | None = None
     """Measured final norm + LM head + sampling time against sampled sequences (`helix
     profile`): what the node holding the last layer adds to each pass."""
+    prompt_pass_ms_by_tokens: tuple[tuple[int, float], ...] | None = None
+    """Measured time a node spends per prompt pass of N tokens outside its layers (messages in and
+    out, batch set-up); None: not measured, counted as 0."""
+    decode_pass_ms_by_batch: tuple[tuple[int, float], ...] | None = None
+    """The same per decode pass of N sequences."""
 
     def __post_init__(self) -> None:
         if self.max_layers < 1:

@@ -14,8 +14,12 @@ passes back to back, and on a CPU its typical pass is measurably slower than its
 
 The last stage of a pipeline also runs the LM head (final norm, logits over the vocabulary) and
 greedy sampling for every sequence it samples: ``head_ms[N]`` times that for N rows on stage
-[L-1, L) (for a small model it weighs as much as several layers). ``threads`` pins torch's CPU
-threads while timing, to profile with the share of cores a node will really get.
+[L-1, L) (for a small model it weighs as much as several layers). ``prompt_pass_ms[N]`` and
+``decode_pass_ms[N]`` time what every node of the sharded runtime does per pass beside its layers
+(ZeroMQ message in and out, codec, batch set-up, KV bookkeeping; `pass_profile.py`), through the
+node's own code. ``threads`` pins torch's CPU threads while timing, to profile with the share of
+cores a node will really get; ``co_runners`` keeps that many other processes running decode
+passes meanwhile, as the other nodes of a local cluster on the same machine do (`co_runners.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .attention_metadata import AttentionMetadata
+from .co_runners import CoRunners
 from .loader import load_stage
 from .model import KVCache, LlamaStage
 from .sampler import prepare, sample
@@ -60,6 +65,12 @@ class LayerTimings:
     """N sampled sequences -> ms of final norm, LM head and greedy sampling (last stage only)."""
     threads: int | None = None
     """torch CPU threads while timing (None: torch's default)."""
+    prompt_pass_ms: dict[int, float] | None = None
+    """Prompt pass of N tokens -> ms a node spends on it outside its layers (messages, set-up)."""
+    decode_pass_ms: dict[int, float] | None = None
+    """Decode pass of N sequences -> ms a node spends on it outside its layers."""
+    co_runners: int = 0
+    """Other processes running decode passes on this machine while timing (local neighbours)."""
     statistic: str = "median"
     """Which of the repeated runs' times: `median` or `min`."""
 
@@ -206,13 +217,19 @@ def measure_layer_times(
     prompt_seq_tokens: int = MAX_PROMPT_SEQ,
     head: bool = True,
     decode_batches: Sequence[int] | None = None,
+    passes: bool = True,
+    co_runners: int = 0,
 ) -> LayerTimings:
     """Time prompt and decode batches of each size in `batch_tokens` (see module docstring).
 
     `decode_batches`: decode (and head) batch sizes when they differ from `batch_tokens` (a
     decode batch as large as a prompt batch is rarely run). `prompt_seq_tokens`: a prompt batch
     of N tokens is made of sequences this long (the workload's prompt length; attention grows
-    with it). `head`: also time the LM head."""
+    with it). `head`: also time the LM head; `passes`: also time a node's per-pass work beside
+    its layers (host work, timed on the CPU with the model's hidden size and dtype).
+    `co_runners`: time everything while this many other processes run decode passes of a stage
+    as large as the largest timed one, with the same threads (`co_runners.py`: the other nodes
+    of a local cluster on this machine)."""
     decode_sizes = sorted(set(batch_tokens if decode_batches is None else decode_batches))
     for name, sizes in (("batch_tokens", batch_tokens), ("decode_batches", decode_sizes)):
         if not sizes or any(n < 1 for n in sizes):
@@ -231,20 +248,33 @@ def measure_layer_times(
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    neighbours = CoRunners(
+        co_runners,
+        model,
+        layers=max(layer_counts or (1, 2, 4)),
+        threads=threads or before,
+        batch=max(decode_sizes),
+        context=context_tokens,
+        dtype=dtype,
+    )
     try:
-        timings = _measure(
-            model,
-            torch.device(device),
-            torch_dtype,
-            sorted(set(batch_tokens)),
-            decode_sizes,
-            context_tokens,
-            sorted(set(layer_counts or (1, 2, 4))),
-            _Budget(min_time_s, max_runs, statistic),
-            prompt_seq_tokens,
-            head,
+        with neighbours:
+            timings = _measure(
+                model,
+                torch.device(device),
+                torch_dtype,
+                sorted(set(batch_tokens)),
+                decode_sizes,
+                context_tokens,
+                sorted(set(layer_counts or (1, 2, 4))),
+                _Budget(min_time_s, max_runs, statistic),
+                prompt_seq_tokens,
+                head,
+                passes,
+            )
+        return replace(
+            timings, dtype=dtype, threads=threads, statistic=statistic, co_runners=co_runners
         )
-        return replace(timings, dtype=dtype, threads=threads, statistic=statistic)
     finally:
         torch.set_num_threads(before)
 
@@ -252,7 +282,7 @@ def measure_layer_times(
 def _measure(
     model: str, dev: torch.device, torch_dtype: torch.dtype, sizes: list[int],
     decode_sizes: list[int], context_tokens: int, layer_counts: list[int],
-    budget: _Budget, prompt_seq_tokens: int, head: bool,
+    budget: _Budget, prompt_seq_tokens: int, head: bool, passes: bool,
 ) -> LayerTimings:  # fmt: skip
     prompt: dict[int, list[float]] = {n: [] for n in sizes}
     decode: dict[int, list[float]] = {n: [] for n in decode_sizes}
@@ -281,6 +311,24 @@ def _measure(
         head_ms = {n: _head_ms(last, n, dev, budget) for n in decode_sizes}
         head_ms = _monotone(head_ms)
         del last
+    pass_ms: tuple[dict[int, float] | None, ...] = (None, None)
+    if passes:
+        from .pass_profile import measure_pass_ms
+
+        pass_ms = tuple(
+            _monotone(table)
+            for table in measure_pass_ms(
+                config.hidden_size,
+                prompt_tokens=sizes,
+                decode_batches=decode_sizes,
+                prompt_seq_tokens=min(prompt_seq_tokens, config.max_position_embeddings),
+                context_tokens=context,
+                dtype=torch_dtype,
+                min_time_s=budget.min_s,
+                max_runs=budget.max_runs,
+                statistic=budget.statistic,
+            )
+        )
     return LayerTimings(
         kind=device_kind(str(dev)),
         model=str(model),
@@ -291,4 +339,6 @@ def _measure(
         prompt_layer_ms=_monotone({n: _slope(counts, prompt[n]) for n in sizes}),
         decode_layer_ms=_monotone({n: _slope(counts, decode[n]) for n in decode_sizes}),
         head_ms=head_ms,
+        prompt_pass_ms=pass_ms[0],
+        decode_pass_ms=pass_ms[1],
     )
