@@ -7,7 +7,8 @@
    All processes share this machine's cores, so this measures the runtime's overhead, not speed-up.
 2. Bytes moved per token between stages (hidden states) and the mean time a pass spends per hop.
 3. Routing on a cluster of unequal nodes (b_slow runs in bf16, slow on a CPU): max-flow IWRR
-   routing against random and round-robin routing, same workload. The plan's profiles come from
+   routing against random and round-robin routing, same workload; each policy runs twice, in two
+   rounds of opposite order, and its best run counts. The plan's profiles come from
    this run: b_slow's speed relative to b_fast is the measured bf16/fp32 throughput ratio.
 
 --model takes a built-in name or checkpoint (e.g. smollm2-135m, the real model); the default is a
@@ -149,8 +150,9 @@ def main() -> None:
         f"unequal nodes: planned flows a->b_fast {flows.get(('a', 'b_fast'), 0):.0f}, "
         f"a->b_slow {flows.get(('a', 'b_slow'), 0):.0f} tokens/s"
     )
-    results = {}
-    for policy in ("maxflow", "random", "round-robin"):
+    results: dict[str, float] = {}
+    # Two rounds in opposite orders, best of each policy: a cluster's first run is often slower.
+    for policy in ("maxflow", "random", "round-robin", "round-robin", "random", "maxflow"):
         with LocalCluster(
             spec,
             plan,
@@ -160,7 +162,8 @@ def main() -> None:
             if policy != "maxflow":
                 local.engine.router = _Baseline(policy)
             # b_slow runs in bf16, which is much slower on this CPU: really slower, as planned.
-            results[policy] = timed(LLM.from_engine(local.engine), prompts, args.new_tokens)
+            tput = timed(LLM.from_engine(local.engine), prompts, args.new_tokens)
+            results[policy] = max(tput, results.get(policy, 0.0))
     base = results["maxflow"]
     print(
         "routing: "

@@ -4,12 +4,11 @@ profile and cluster files, charged once per pass on every node, and 0 for profil
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from validation_bench import DECODE, HEAD, PROMPT, load_bench
 
 from helix import profile_cli
 from helix.config import cluster_from_dict, cluster_to_dict
@@ -23,20 +22,8 @@ from helix.planner.sim_compute import (
 )
 from helix.planner.spec import SpecError
 
-PROMPT = {1: 0.5, 64: 2.0, 512: 10.0}
-DECODE = {1: 0.4, 4: 0.5, 8: 0.8}
-HEAD = {1: 3.0, 4: 4.0, 8: 6.0}
 PROMPT_PASS = {1: 0.3, 64: 0.6, 512: 4.0}
 DECODE_PASS = {1: 0.2, 4: 0.5, 8: 1.0}
-
-
-def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sim_validation.py"
-    spec = importlib.util.spec_from_file_location("helix_sim_validation_bench_pass", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _entry(passes: bool = True) -> dict[str, object]:
@@ -63,7 +50,7 @@ def test_pass_tables_round_trip_through_profile_and_cluster_files(tmp_path: Path
     path.write_text(yaml.safe_dump({"cpu-2t": entry}, sort_keys=False))
     _, tables, _ = profile_cli.load_profile(path)["cpu-2t"]
     assert tables == _tables()
-    cluster = cluster_from_dict(_bench().cluster_dict(2, "cpu-2t", entry))
+    cluster = cluster_from_dict(load_bench().cluster_dict(2, "cpu-2t", entry))
     assert profile_tables(cluster.profiles["cpu-2t"]) == tables
     again = cluster_from_dict(yaml.safe_load(yaml.safe_dump(cluster_to_dict(cluster))))
     assert again.profiles == cluster.profiles
@@ -78,7 +65,7 @@ def test_bad_pass_tables_name_the_field() -> None:
         parse_layer_tables({**layers, "prompt_pass_ms_by_tokens": [1, 2]}, "profiles.cpu")
     with pytest.raises(SpecError, match="profiles.cpu.prompt_layer_ms_by_tokens"):
         parse_layer_tables({"decode_pass_ms_by_batch": DECODE_PASS}, "profiles.cpu")
-    data = _bench().cluster_dict(1, "cpu", {**_entry(), "decode_pass_ms_by_batch": {"x": 1.0}})
+    data = load_bench().cluster_dict(1, "cpu", {**_entry(), "decode_pass_ms_by_batch": {"x": 1.0}})
     with pytest.raises(SpecError, match="profiles.cpu.decode_pass_ms_by_batch.x"):
         cluster_from_dict(data)
 
@@ -109,7 +96,7 @@ def test_every_node_pays_its_pass_time_once_per_pass_and_the_last_its_head() -> 
 
 
 def test_one_stage_simulation_adds_the_pass_time_to_every_pass() -> None:
-    bench = _bench()
+    bench = load_bench()
     requests, prompt, output = 8, 64, 5
     data = bench.cluster_dict(1, "cpu-2t", _entry())
     data["network"] = {"default": {"gbps": 1e5, "latency_ms": 0.0}}
@@ -130,10 +117,10 @@ def test_co_runners_are_recorded_and_checked() -> None:
     )  # fmt: skip
     entry = profile_cli.profile_entry(timings)
     assert entry["co_runners"] == 2
-    cluster_from_dict(_bench().cluster_dict(3, "cpu", entry))
+    cluster_from_dict(load_bench().cluster_dict(3, "cpu", entry))
     for bad in (-1, True, "2"):
         with pytest.raises(SpecError, match="profiles.cpu.co_runners"):
-            cluster_from_dict(_bench().cluster_dict(3, "cpu", {**entry, "co_runners": bad}))
+            cluster_from_dict(load_bench().cluster_dict(3, "cpu", {**entry, "co_runners": bad}))
 
 
 def test_other_work_leaves_out_this_process_and_its_children() -> None:
@@ -141,7 +128,7 @@ def test_other_work_leaves_out_this_process_and_its_children() -> None:
     import subprocess
     import sys
 
-    bench = _bench()
+    bench = load_bench()
     if not Path("/proc/stat").exists():
         pytest.skip("needs /proc")
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])

@@ -5,13 +5,12 @@ time from the profile."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import yaml
+from validation_bench import DECODE, HEAD, PROMPT, load_bench
 
 from helix import profile_cli
 from helix.config import cluster_from_dict, cluster_to_dict
@@ -26,19 +25,6 @@ from helix.planner.sim_compute import (
 from helix.planner.spec import SpecError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-PROMPT = {1: 0.5, 64: 2.0, 512: 10.0}
-DECODE = {1: 0.4, 4: 0.5, 8: 0.8}
-HEAD = {1: 3.0, 4: 4.0, 8: 6.0}
-
-
-def _bench() -> ModuleType:
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "sim_validation.py"
-    spec = importlib.util.spec_from_file_location("helix_sim_validation_bench", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _entry() -> dict[str, object]:
@@ -60,7 +46,7 @@ def test_measured_profile_round_trips_with_its_head_and_threads(tmp_path: Path) 
     assert tables.head_ms_by_batch == tuple(HEAD.items())
     assert tables.decode_layer_ms_by_batch == tuple(DECODE.items())
 
-    bench = _bench()
+    bench = load_bench()
     cluster = cluster_from_dict(bench.cluster_dict(2, "cpu-1t", entry))
     assert profile_tables(cluster.profiles["cpu-1t"]) == tables
     again = cluster_from_dict(yaml.safe_load(yaml.safe_dump(cluster_to_dict(cluster))))
@@ -79,7 +65,7 @@ def test_head_table_needs_the_layer_tables_and_threads_must_be_positive() -> Non
             },
             "profiles.cpu",
         )
-    data = _bench().cluster_dict(1, "cpu", {**_entry(), "threads": 0})
+    data = load_bench().cluster_dict(1, "cpu", {**_entry(), "threads": 0})
     with pytest.raises(SpecError, match="profiles.cpu.threads"):
         cluster_from_dict(data)
 
@@ -104,7 +90,7 @@ def test_the_head_is_charged_once_per_pass_on_the_last_stage_only() -> None:
 
 @pytest.mark.parametrize("stages", [1, 2, 3])
 def test_the_runtime_batching_as_a_sim_config(stages: int) -> None:
-    bench = _bench()
+    bench = load_bench()
     config = bench.sim_config(32, 64, 64, stages)
     batch = -(-32 // stages)
     assert config.max_batch_seqs == batch and config.prompt_max_tokens == batch * 64
@@ -119,7 +105,7 @@ def test_the_runtime_batching_as_a_sim_config(stages: int) -> None:
 
 
 def test_one_stage_simulation_equals_the_analytic_time_of_the_profile() -> None:
-    bench = _bench()
+    bench = load_bench()
     requests, prompt, output = 8, 64, 5
     data = bench.cluster_dict(1, "cpu-2t", _entry())
     data["network"] = {"default": {"gbps": 1e5, "latency_ms": 0.0}}  # links cost ~nothing
