@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from .sim_graph import SOURCE
 from .sim_routing import RoutingPolicy
-from .sim_state import Node, Packet, Request, Route
+from .sim_state import Node, Packet, Request, Route, packets_load
 
 if TYPE_CHECKING:
     from .sim_engine import Simulator
@@ -150,13 +150,7 @@ class Coordinator:
         outbox, self.outbox = self.outbox, {}
         token_bytes, links, transfer = self.sim.token_bytes, self.links, self.sim.transfer
         for node, packets in outbox.items():
-            if len(packets) == 1:
-                tokens, num_reqs = packets[0].tokens, len(packets[0].reqs)
-            else:
-                tokens = num_reqs = 0
-                for p in packets:
-                    tokens += p.tokens
-                    num_reqs += len(p.reqs)
+            tokens, num_reqs = packets_load(packets)
             transfer(links[node], packets, token_bytes * tokens, num_reqs, now)
 
     def _release(self, request: Request, now: float) -> None:

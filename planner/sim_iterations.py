@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .sim_state import Link, Node, Packet
+from .sim_state import Link, Node, Packet, packets_load
 
 _heappush, _heappop = heapq.heappush, heapq.heappop
 _INF = math.inf
@@ -278,25 +278,9 @@ class NodeEvents:
             else:
                 group.append(p)
         links, transfer = node.out, self.transfer
-        if len(out) == 1:  # every packet goes the same way
-            num_reqs = tokens = 0
-            for p in batch:
-                tokens += p.tokens
-                num_reqs += len(p.reqs)
-            node.queued -= num_reqs
-            (dest,) = out
-            nbytes = self.token_bytes * num_reqs if dest < 0 else self.act_bytes * tokens
-            transfer(links[dest], out[dest], nbytes, num_reqs, now)
-            return
         sent = 0
         for dest, packets in out.items():
-            if len(packets) == 1:
-                tokens, num_reqs = packets[0].tokens, len(packets[0].reqs)
-            else:
-                tokens = num_reqs = 0
-                for p in packets:
-                    tokens += p.tokens
-                    num_reqs += len(p.reqs)
+            tokens, num_reqs = packets_load(packets)
             sent += num_reqs
             nbytes = self.token_bytes * num_reqs if dest < 0 else self.act_bytes * tokens
             transfer(links[dest], packets, nbytes, num_reqs, now)

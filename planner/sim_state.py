@@ -40,6 +40,17 @@ class Request:
         return self.prompt + self.output
 
 
+def packets_load(packets: list[Packet]) -> tuple[int, int]:
+    """(tokens, requests) that a transfer of these packets carries."""
+    if len(packets) == 1:
+        return packets[0].tokens, len(packets[0].reqs)
+    tokens = num_reqs = 0
+    for p in packets:
+        tokens += p.tokens
+        num_reqs += len(p.reqs)
+    return tokens, num_reqs
+
+
 class Packet:
     """Requests on the same route, at the same hop, in the same phase, travelling together."""
 
