@@ -1,7 +1,10 @@
 """Engine benchmark: helix against HF transformers `generate` on the same random-weight Llama.
 
     python benchmarks/engine.py [--batches 1 8 32 64] [--new-tokens 128] [--dtypes float32 bfloat16]
-    python benchmarks/engine.py --device cuda [--attention-backend triton]    # on a GPU
+    python benchmarks/engine.py --device cuda [--compare-eager]    # on a GPU
+
+On CUDA the default backend (auto) is triton and decode steps replay CUDA graphs;
+--compare-eager adds a column with the same engine built with enforce_eager=True.
 
 Prints decode throughput and the ratio to HF (and to llama.cpp on the same weights, exported to a
 GGUF in the same precision, when llama-cpp-python is installed; "-" otherwise) for each batch and
@@ -203,10 +206,18 @@ def main() -> None:
     parser.add_argument("--size", default="100m", choices=["100m", "20m"])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--attention-backend", default="torch", choices=["torch", "triton", "pallas"]
+        "--attention-backend", default="auto", choices=["auto", "torch", "triton", "pallas"]
+    )
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument(
+        "--compare-eager", action="store_true", help="also time the engine without CUDA graphs"
     )
     args = parser.parse_args()
-    engine_args = {"device": args.device, "attention_backend": args.attention_backend}
+    engine_args = {
+        "device": args.device,
+        "attention_backend": args.attention_backend,
+        "enforce_eager": args.enforce_eager,
+    }
     from transformers import AutoModelForCausalLM
 
     folder = build_model(Path(tempfile.mkdtemp(prefix="helix-bench-")), args.size)
@@ -227,6 +238,12 @@ def main() -> None:
     )
     for dtype in args.dtypes:
         llm = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0, **engine_args)
+        graphs = llm.engine.runner.graphs
+        eager = None
+        if args.compare_eager and graphs is not None:
+            eager_args = {**engine_args, "enforce_eager": True}
+            eager = LLM(str(folder), dtype=dtype, kv_cache_memory_gb=1.0, **eager_args)
+        print(f"{dtype}: CUDA graphs for decode: {'on' if graphs is not None else 'off'}")
         hf = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype)).eval()
         hf = hf.to(args.device)
         print(f"{dtype}: HF greedy ids equal helix's: {same_greedy_as_hf(llm, hf)}")
@@ -250,13 +267,16 @@ def main() -> None:
                 line += f" {other:10.1f} {ours / other:5.2f}x"
             else:
                 line += f" {'-':>10s} {'-':>6s}"
+            if eager is not None:
+                slow = helix_decode(eager, batch, args.new_tokens)
+                line += f"   eager {slow:.1f} tok/s (graphs {ours / slow:.2f}x)"
             if batch == 1:
                 limit = bandwidth * 1e9 / weight_bytes
                 line += f"   bandwidth limit {limit:.1f} tok/s -> {ours / limit:.0%} of it"
             print(line, flush=True)
         if cpp is not None:
             cpp.close()
-        del llm, hf
+        del llm, hf, eager
         if args.device == "cuda":
             torch.cuda.empty_cache()
     with_cache = shared_prefix_ttft(folder, True, **engine_args)

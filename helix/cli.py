@@ -205,7 +205,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--seed", type=int, default=None, help="per-request sampling seed")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
+    p.add_argument(
+        "--attention-backend", default="auto", choices=["auto", "torch", "triton", "pallas"]
+    )
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode steps")
     p.add_argument("--max-model-len", type=int, default=None)
     p.set_defaults(func=_cmd_generate)
 
@@ -236,6 +240,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         args.model,
         dtype=args.dtype,
         attention_backend=args.attention_backend,
+        device=args.device,
+        enforce_eager=args.enforce_eager,
         max_model_len=args.max_model_len,
     )
     many = len(prompts) > 1

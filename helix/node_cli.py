@@ -26,7 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )  # fmt: skip
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--attention-backend", default="torch", choices=["torch", "triton", "pallas"])
+    p.add_argument(
+        "--attention-backend", default="auto", choices=["auto", "torch", "triton", "pallas"]
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this node")
     p.set_defaults(func=cmd)
 

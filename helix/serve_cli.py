@@ -14,7 +14,7 @@ _DEFAULT_MODEL = "smollm2-135m"
 _ENGINE_FLAGS = (
     "max_model_len", "block_size", "max_num_seqs", "max_num_batched_tokens",
     "enable_prefix_caching", "scheduling_policy", "dtype", "attention_backend",
-    "kv_cache_memory_gb", "gpu_memory_utilization", "device", "seed",
+    "kv_cache_memory_gb", "gpu_memory_utilization", "device", "seed", "enforce_eager",
 )  # fmt: skip
 
 
@@ -50,7 +50,15 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
     )
     p.add_argument("--scheduling-policy", choices=("fcfs", "priority"), default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None)
-    p.add_argument("--attention-backend", choices=("torch", "triton", "pallas"), default=None)
+    p.add_argument(
+        "--attention-backend", choices=("auto", "torch", "triton", "pallas"), default=None
+    )
+    p.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="no CUDA graphs for decode steps (they are on by default on CUDA)",
+    )
     p.add_argument("--kv-cache-memory-gb", type=float, default=None, metavar="GB")
     p.add_argument("--gpu-memory-utilization", type=float, default=None, metavar="F",
                    help="fill this fraction of the device's memory (host RAM on a CPU), weights "

@@ -12,10 +12,11 @@ first time ``get_attention`` asks for it.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .backend import AttentionBackend
 
-__all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "get_attention"]
+__all__ = ["ATTENTION_BACKENDS", "AttentionBackend", "get_attention", "resolve_attention"]
 
 # name -> (module inside helix.kernels, class name)
 _REGISTRY: dict[str, tuple[str, str]] = {
@@ -35,3 +36,13 @@ def get_attention(name: str) -> AttentionBackend:
     module = importlib.import_module(f".{module_name}", __name__)
     backend: AttentionBackend = getattr(module, class_name)()
     return backend
+
+
+def resolve_attention(name: str, device_type: str) -> str:
+    """``auto`` -> the fast backend for ``device_type``: ``triton`` on CUDA when Triton is
+    installed (its decode can be captured in a CUDA graph), else ``torch``. Other names pass."""
+    if name != "auto":
+        return name
+    if device_type == "cuda" and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "torch"

@@ -39,6 +39,9 @@ class AttentionBackend(ABC):
     """
 
     name: str = "abstract"
+    cuda_graph_safe: bool = False
+    """``decode`` and ``write_kv`` never read device values on the host (no sync), so a decode
+    step can be captured in a CUDA graph and replayed with new metadata in the same tensors."""
 
     @abstractmethod
     def write_kv(

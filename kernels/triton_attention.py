@@ -253,6 +253,7 @@ class TritonAttention(AttentionBackend):
     """Triton kernels; CUDA, or CPU under ``TRITON_INTERPRET=1``."""
 
     name = "triton"
+    cuda_graph_safe = True  # launch parameters come from shapes only
 
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
         triton_write_kv(key, value, k_cache, v_cache, slot_mapping)

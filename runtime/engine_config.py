@@ -35,8 +35,11 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     long_prefill_token_threshold: int = 0
     scheduling_policy: str = "fcfs"
-    attention_backend: str = "torch"
-    """Paged attention kernels: torch, triton or pallas."""
+    attention_backend: str = "auto"
+    """Paged attention kernels: torch, triton or pallas; auto = triton on CUDA, torch on CPU."""
+    enforce_eager: bool = False
+    """Never replay decode steps from CUDA graphs (they are used on CUDA with a backend that
+    allows them, such as triton)."""
     seed: int = 0
     """Seed of the shared sampling stream (requests without their own seed)."""
 
@@ -64,7 +67,8 @@ class EngineConfig:
                 f"scheduling_policy must be one of {sorted(POLICIES)}, "
                 f"got {self.scheduling_policy!r}"
             )
-        if self.attention_backend not in ("torch", "triton", "pallas"):
+        if self.attention_backend not in ("auto", "torch", "triton", "pallas"):
             raise ValueError(
-                f"attention_backend must be torch, triton or pallas, got {self.attention_backend!r}"
+                "attention_backend must be auto, torch, triton or pallas, "
+                f"got {self.attention_backend!r}"
             )

@@ -109,5 +109,18 @@ def build_node(config: EngineConfig, start: int = 0, end: int | None = None) -> 
         ),
         pool,
     )
-    runner = ModelRunner(stage, kv_caches, config.block_size, device)
+    graphs = None
+    whole = stage.is_first and stage.is_last
+    if (
+        device.type == "cuda"
+        and whole
+        and not config.enforce_eager
+        and stage.backend.cuda_graph_safe
+    ):
+        from .cuda_graphs import DecodeGraphs
+
+        graphs = DecodeGraphs(
+            stage, kv_caches, config.block_size, max_model_len, config.max_num_seqs
+        )
+    runner = ModelRunner(stage, kv_caches, config.block_size, device, graphs)
     return Node(model_config, tokenizer, scheduler, runner, max_model_len, num_blocks)

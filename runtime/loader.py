@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from helix.kernels import resolve_attention
+
 from .model import LlamaStage
 from .model_config import ModelConfig, gguf_metadata, open_gguf, resolve_model_path
 
@@ -58,10 +60,13 @@ def load_stage(
     start: int = 0,
     end: int | None = None,
     dtype: torch.dtype = torch.float32,
-    attention_backend: str = "torch",
+    attention_backend: str = "auto",
     device: torch.device | str = "cpu",
 ) -> tuple[LlamaStage, ModelConfig]:
-    """Build ``LlamaStage`` for layers ``[start, end)`` (``end=None``: to the last layer)."""
+    """Build ``LlamaStage`` for layers ``[start, end)`` (``end=None``: to the last layer).
+
+    ``attention_backend="auto"`` takes Triton on CUDA (when installed), torch elsewhere."""
+    attention_backend = resolve_attention(attention_backend, torch.device(device).type)
     path = resolve_model_path(path_or_name)
     if path.is_dir():
         config = _read_hf_config(path)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention_metadata import AttentionMetadata
+from .cuda_graphs import DecodeGraphs
 from .scheduler import SchedulerOutput
 from .sequence import Sequence
 
@@ -88,11 +89,14 @@ class ModelRunner:
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         block_size: int,
         device: torch.device,
+        graphs: DecodeGraphs | None = None,
     ) -> None:
         self.stage = stage
         self.kv_caches = kv_caches
         self.block_size = block_size
         self.device = device
+        self.graphs = graphs
+        """Captured decode steps (CUDA only); None runs every step eagerly."""
 
     def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
         """Duplicate KV blocks (src -> dst) in every layer, for forked sequences."""
@@ -110,6 +114,21 @@ class ModelRunner:
         self.copy_blocks(out.block_copies)
         if not out.scheduled:
             return None, []
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and _is_decode(out)
+            and graphs.can_run(
+                len(out.scheduled), max(len(seq.block_table) for seq, _ in out.scheduled)
+            )
+        ):
+            seqs = [seq for seq, _ in out.scheduled]
+            replayed = graphs.run(
+                [seq.all_token_ids[-1] for seq in seqs],
+                [seq.num_computed_tokens for seq in seqs],
+                [seq.block_table for seq in seqs],
+            )
+            return replayed, seqs
         items = [
             SeqSlice(
                 seq.all_token_ids[seq.num_computed_tokens : seq.num_computed_tokens + n],
@@ -129,3 +148,8 @@ class ModelRunner:
         rows = hidden if len(sampled) == hidden.shape[0] else hidden[step.logits_indices]
         logits: torch.Tensor = self.stage.compute_logits(rows)  # type: ignore[operator]
         return logits, sampled
+
+
+def _is_decode(out: SchedulerOutput) -> bool:
+    """Every scheduled sequence computes exactly its one last token (so every one samples)."""
+    return all(n == 1 and seq.num_computed_tokens + 1 == seq.num_tokens for seq, n in out.scheduled)
