@@ -195,11 +195,19 @@ def _slope(counts: Sequence[int], times: Sequence[float]) -> float:
 
 
 def _monotone(table: dict[int, float]) -> dict[int, float]:
-    out, best = {}, _FLOOR_MS
+    """The closest non-decreasing table (more tokens never take less time): runs of cases that
+    break the order are replaced by their mean (pool adjacent violators). A slow outlier at a
+    small size (a first call on a GPU) so pulls its neighbours up only by its share, instead of
+    setting the floor for every larger size."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs, means non-decreasing
     for n in sorted(table):
-        best = max(best, table[n])
-        out[n] = round(best, 6)
-    return out
+        blocks.append([max(table[n], _FLOOR_MS), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    means = [mean for total, count in blocks for mean in [total / count] * int(count)]
+    return {n: round(mean, 6) for n, mean in zip(sorted(table), means)}
 
 
 def measure_layer_times(

@@ -135,3 +135,14 @@ def test_profile_tables_reads_the_fields_a_profile_will_carry() -> None:
     assert parse_layer_tables({}, "profiles.cpu") is None
     with pytest.raises(SpecError, match="profiles.cpu.decode_layer_ms_by_batch"):
         parse_layer_tables({"prompt_layer_ms_by_tokens": {1: 1.0}}, "profiles.cpu")
+
+
+def test_profile_tables_are_made_non_decreasing_by_pooling_violators() -> None:
+    from helix.runtime.profiler import _monotone
+
+    assert _monotone({1: 1.0, 8: 2.0, 32: 3.0}) == {1: 1.0, 8: 2.0, 32: 3.0}
+    # a slow first case (seen on a GPU: 1.13 ms, then ~0.5 ms) no longer sets every floor
+    pooled = _monotone({1: 1.2, 8: 0.5, 32: 0.4, 128: 0.6, 512: 0.9})
+    assert pooled == {1: 0.675, 8: 0.675, 32: 0.675, 128: 0.675, 512: 0.9}
+    values = list(_monotone({1: 3.0, 2: 1.0, 4: 2.0, 8: 5.0, 16: 4.0}).values())
+    assert values == sorted(values) and values == [2.0, 2.0, 2.0, 4.5, 4.5]
