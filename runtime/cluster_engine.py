@@ -363,7 +363,9 @@ class ClusterEngine:
                 blocks = -(-num_tokens // node.block_size)
                 return node.alive and node.reserved_blocks + blocks <= node.num_kv_blocks
 
-            route = self.router.route(float(len(request.tokens)), fits)
+            # The plan's flows are tokens/s through each edge; a request's share of them is the
+            # tokens it will run on its route: the prompt (or a replay) and what it may generate.
+            route = self.router.route(float(num_tokens), fits)
             if route is None:
                 if not self._alive_names() or not self._any_route():
                     request.error = "no route through live nodes holds every layer"
@@ -401,9 +403,8 @@ class ClusterEngine:
             # that comes back is sent on whole: splitting every return would halve the batches
             # each round until every request travels alone.
             free = self.num_stages - len(in_flight.get(first, ()))
-            num_batches = max(1, min(len(group), free))
-            for part in range(num_batches):
-                self._send_batch(first, group[part::num_batches])
+            for part in micro_batches(group, free):
+                self._send_batch(first, part)
 
     def _send_batch(self, first: str, group: list[ClusterRequest]) -> None:
         batch_id = next(self._batch_ids)
@@ -468,3 +469,28 @@ class ClusterEngine:
             next((m.error for m in members if m.error), None),
             num_cached_tokens=first.num_cached,
         )
+
+
+def micro_batches(group: list[ClusterRequest], free: int) -> list[list[ClusterRequest]]:
+    """Split the ready requests of one first node into micro-batches that each follow one route.
+
+    A batch whose requests part ways at a later node comes back in pieces at different times,
+    and each piece would go out again as its own batch: the batches in flight would multiply and
+    shrink (measured: four passes of 6-10 requests per decode step on `a` instead of two of 16
+    when `a` feeds two nodes). So requests of different routes never share a batch. `free` batch
+    slots (at least one batch per route) go first to the routes whose batches would be biggest;
+    within a route requests are dealt out in turn, as before.
+    """
+    by_route: dict[tuple[str, ...], list[ClusterRequest]] = {}
+    for request in group:
+        by_route.setdefault(tuple(request.route or ()), []).append(request)
+    routes = list(by_route.values())
+    counts = [1] * len(routes)
+    for _ in range(free - len(routes)):
+        best = max(range(len(routes)), key=lambda i: len(routes[i]) / counts[i])
+        if counts[best] >= len(routes[best]):
+            break
+        counts[best] += 1
+    return [
+        requests[part::count] for requests, count in zip(routes, counts) for part in range(count)
+    ]
