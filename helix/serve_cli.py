@@ -72,6 +72,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:  # t
                    "start as local processes). Without --cluster and without MODEL, the bundled "
                    "local-cpu cluster (3 local node processes) is served.")
     p.add_argument("--plan", default=None, help="plan YAML (default: plan the cluster first)")
+    p.add_argument(
+        "--pipeline-depth",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cluster mode: micro-batches in flight per first node (default: one per stage; "
+        "local CPU nodes: as many passes as the cores they share run at once)",
+    )
     p.add_argument("--single-node", action="store_true",
                    help="serve the default model in this process instead of the local cluster")
     p.add_argument("--plan-time-limit", type=float, default=30.0,
@@ -151,6 +159,7 @@ def cluster_engine_args(args: argparse.Namespace) -> dict[str, Any]:
         "max_num_seqs": args.max_num_seqs,
         "scheduling_policy": args.scheduling_policy,
         "enable_prefix_caching": args.enable_prefix_caching,
+        "pipeline_depth": args.pipeline_depth,
     }
     return {k: v for k, v in given.items() if v is not None}
 

@@ -47,18 +47,23 @@ class ClusterEngine:
         max_num_seqs: int | None = None,
         scheduling_policy: str = "fcfs",
         enable_prefix_caching: bool = True,
+        pipeline_depth: int | None = None,
     ) -> None:
         """`max_batch_tokens`: tokens per micro-batch (longer prompts go in chunks);
         `max_num_seqs`: requests routed at once (None: as many as the KV takes);
         `scheduling_policy`: admission order, `fcfs` or `priority` (lower value first, then
         arrival, as in vLLM); `enable_prefix_caching`: let the route's nodes skip prompt blocks
-        they hold in their prefix caches (node_prefix.py)."""
+        they hold in their prefix caches (node_prefix.py); `pipeline_depth`: micro-batches in
+        flight per first node (None: one per pipeline stage, which keeps every stage busy when
+        each node has its own device; see `local_pipeline_depth` for nodes sharing CPU cores)."""
         if scheduling_policy not in ("fcfs", "priority"):
             raise ValueError(
                 f"scheduling_policy: expected fcfs or priority, got {scheduling_policy!r}"
             )
         if max_batch_tokens < 1 or (max_num_seqs is not None and max_num_seqs < 1):
             raise ValueError("max_batch_tokens and max_num_seqs must be >= 1")
+        if pipeline_depth is not None and pipeline_depth < 1:
+            raise ValueError(f"pipeline_depth: must be >= 1, got {pipeline_depth}")
         from .transport import Endpoint
 
         self.nodes = {n.name: n for n in nodes}
@@ -84,6 +89,7 @@ class ClusterEngine:
         self._batch_ids = itertools.count(1)
         self._ids = itertools.count()
         self.num_stages = max(1, len({n.layers for n in nodes}))
+        self.pipeline_depth = pipeline_depth or self.num_stages
         self.routed: dict[Edge, int] = {}
         self.on_shutdown: Any = None
         self.is_shut_down = False
@@ -402,7 +408,7 @@ class ClusterEngine:
             # NOTE(helix): about `num_stages` micro-batches in flight keep every stage busy. A batch
             # that comes back is sent on whole: splitting every return would halve the batches
             # each round until every request travels alone.
-            free = self.num_stages - len(in_flight.get(first, ()))
+            free = self.pipeline_depth - len(in_flight.get(first, ()))
             for part in micro_batches(group, free):
                 self._send_batch(first, part)
 

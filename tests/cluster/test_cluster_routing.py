@@ -100,3 +100,32 @@ def test_micro_batches_split_routes_apart_then_the_biggest_further() -> None:
         ["ab3"],
     ]
     assert len(micro_batches(one[:2], 4)) == 2
+
+
+def test_pipeline_depth_caps_the_micro_batches_in_flight(engine: Any) -> None:
+    for _ in range(8):
+        add(engine, 10, 10)
+    engine.pipeline_depth = 1  # as if given pipeline_depth=1
+    engine._admit(set())
+    engine._dispatch()
+    forwards = [msg for _, msg in engine.sent if isinstance(msg, Forward)]
+    # one slot, two routes: still one batch per route, never a mixed one
+    assert len(forwards) == 2
+    engine._dispatch()  # nothing more goes out while both are in flight
+    assert len([m for _, m in engine.sent if isinstance(m, Forward)]) == 2
+
+
+def test_local_cpu_pipelines_keep_as_many_micro_batches_as_the_cores_run() -> None:
+    from helix.runtime.cluster_launch import local_pipeline_depth
+
+    assert local_pipeline_depth(4, cpu_cores=2, threads_per_node=1) == 2
+    assert local_pipeline_depth(2, cpu_cores=2, threads_per_node=1) == 2
+    assert local_pipeline_depth(4, cpu_cores=16, threads_per_node=2) == 4
+    assert local_pipeline_depth(3, cpu_cores=2, threads_per_node=4) == 1
+
+
+def test_pipeline_depth_below_one_is_refused(tmp_path: Path) -> None:
+    config = SimpleNamespace(vocab_size=1000, eos_token_ids=())
+    with pytest.raises(ValueError, match="pipeline_depth"):
+        ClusterEngine([], FLOWS, NullTokenizer(), config, f"ipc://{tmp_path}/c.sock", 64,
+                      pipeline_depth=0)  # fmt: skip
