@@ -53,9 +53,10 @@ The simulator's model of a local cluster (what this check validates):
 - every node adds its measured time per pass beside the layers (ZeroMQ message in and out,
   codec, batch set-up, KV bookkeeping: `helix profile` times the node's own code around layers
   that cost nothing), by prompt tokens or decode sequences;
-- batching as the runtime does it: the coordinator keeps `stages` micro-batches in flight, so a
-  node runs at most ceil(N / stages) sequences (and their prompt tokens) per pass, and all N
-  requests are admitted at once (max_prefilling = N);
+- batching as the runtime does it: the coordinator keeps `depth` micro-batches in flight
+  (LocalCluster's rule for CPU nodes: min(stages, cores // threads per node)), so a node runs
+  at most ceil(N / depth) sequences (and their prompt tokens) per pass, and all N requests are
+  admitted at once (max_prefilling = N);
 - the runtime's max_tokens = O is one prompt pass (first token) + O - 1 decode passes, so the
   simulator runs O - 1 decode steps;
 - links: 10 Gbit/s, 0.1 ms (ipc:// sockets on one machine);
@@ -76,9 +77,14 @@ def threads_for(stages: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // stages)
 
 
-def micro_batch(requests: int, stages: int) -> int:
-    """Sequences per micro-batch: the coordinator splits ready requests into `stages` batches."""
-    return math.ceil(requests / stages)
+def micro_batch(requests: int, stages: int, cores: int | None = None) -> int:
+    """Sequences per micro-batch: the coordinator splits ready requests into as many batches
+    as it keeps in flight (LocalCluster's pipeline depth for local CPU nodes)."""
+    from helix.runtime.cluster_launch import local_pipeline_depth
+
+    cores = cores or os.cpu_count() or 1
+    depth = local_pipeline_depth(stages, cores, threads_for(stages, cores))
+    return math.ceil(requests / depth)
 
 
 def profile_sizes(requests: int, prompt: int, stages: int) -> tuple[list[int], list[int]]:

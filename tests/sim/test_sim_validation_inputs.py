@@ -92,7 +92,12 @@ def test_the_head_is_charged_once_per_pass_on_the_last_stage_only() -> None:
 def test_the_runtime_batching_as_a_sim_config(stages: int) -> None:
     bench = load_bench()
     config = bench.sim_config(32, 64, 64, stages)
-    batch = -(-32 // stages)
+    # as many micro-batches as LocalCluster keeps in flight: one per stage, at most one per
+    # pass the shared cores run at once
+    cores = os.cpu_count() or 1
+    depth = min(stages, cores // max(1, cores // stages))
+    batch = -(-32 // depth)
+    assert bench.micro_batch(32, 3, cores=2) == 16 and bench.micro_batch(32, 3, cores=8) == 11
     assert config.max_batch_seqs == batch and config.prompt_max_tokens == batch * 64
     assert config.max_prefilling == config.num_requests == 32
     assert config.lengths.kind == "fixed" and config.lengths.output_mean_tokens == 63
