@@ -231,12 +231,7 @@ class LocalCluster:
             node_args += ["--threads", str(share)]
         engine_args = dict(engine_args or {})
         all_local = set(self.local_names) == set(plan.nodes)
-        if engine_args.get("pipeline_depth") is None and all_local and _local_cpu_nodes(node_args):
-            engine_args["pipeline_depth"] = local_pipeline_depth(
-                len({(p.start, p.end) for p in plan.nodes.values()}),
-                os.cpu_count() or 1,
-                int(node_args[node_args.index("--threads") + 1]),
-            )
+        share_cores = all_local and _local_cpu_nodes(node_args)
         self._node_args = (node_args, per_node_args, launch_prefix)
         self.processes = start_local_nodes(
             self.cluster, plan, self.workdir, self.model, self.local_names, *self._node_args
@@ -249,6 +244,12 @@ class LocalCluster:
                 heartbeat_timeout_s=heartbeat_timeout_s,
                 **engine_args,
             )
+            if share_cores and engine_args.get("pipeline_depth") is None:
+                self.engine.pipeline_depth = local_pipeline_depth(
+                    self.engine.num_stages,
+                    os.cpu_count() or 1,
+                    int(node_args[node_args.index("--threads") + 1]),
+                )
             self.engine.wait_for_nodes(startup_timeout_s, check=self._check_processes)
         except BaseException:
             self.close()

@@ -129,10 +129,11 @@ class DecodeGraphs:
         width, bs = self.width, self.block_size
         host = self._host
         host[:n] = torch.tensor(token_ids, dtype=torch.int64)
-        host[size : size + n] = torch.tensor(positions, dtype=torch.int64)
+        pos = torch.tensor(positions, dtype=torch.int64)
+        host[size : size + n] = pos
         slots = [table[p // bs] * bs + p % bs for table, p in zip(block_tables, positions)]
         host[2 * size : 2 * size + n] = torch.tensor(slots, dtype=torch.int64)
-        host[3 * size : 3 * size + n] = torch.tensor(positions, dtype=torch.int64) + 1
+        host[3 * size : 3 * size + n] = pos + 1
         flat = [b for table in block_tables for b in table + [0] * (width - len(table))]
         host[4 * size : 4 * size + n * width] = torch.tensor(flat, dtype=torch.int64)
         # Padding rows: no KV write, one token of context.
