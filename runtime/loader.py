@@ -79,7 +79,9 @@ def load_stage(
     with torch.device("meta"):
         stage = LlamaStage(config, start, end, attention_backend, dtype)
     stage.load_weights(read(stage))
-    return stage.to(device).eval(), config
+    stage = stage.to(device).eval()
+    stage.pack_weights()  # fp32 on the CPU only (see linear.pack_weight)
+    return stage, config
 
 
 # ---------------------------------------------------------------------------------------------

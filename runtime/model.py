@@ -24,7 +24,7 @@ from torch import nn
 from helix.kernels import AttentionBackend, get_attention
 
 from .attention_metadata import AttentionMetadata
-from .linear import linear
+from .linear import linear, pack_weight
 from .model_config import ModelConfig
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # ([num_blocks, block_size, Hkv, D],) * 2
@@ -282,6 +282,19 @@ class LlamaStage(nn.Module):
         self.load_state_dict(state, strict=True, assign=True)
         self.requires_grad_(False)
         self.tie_weights()
+
+    def pack_weights(self) -> int:
+        """Reorder every projection's fp32 CPU weight for oneDNN (``linear.pack_weight``), once,
+        after loading; returns how many were packed. A tied LM head gets a packed copy of the
+        embedding (which the lookup still reads plain): vocab x hidden more memory."""
+        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
+        packed = 0
+        for layer in linears:
+            weight = pack_weight(layer.weight)
+            if weight is not layer.weight:
+                layer.weight = nn.Parameter(weight, requires_grad=False)
+                packed += 1
+        return packed
 
     def allocate_kv_cache(
         self,

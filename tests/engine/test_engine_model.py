@@ -131,7 +131,38 @@ def test_parameter_names_match_hf_and_keep_global_index(tiny_models) -> None:
 def test_tied_stage_shares_embedding(tiny_models) -> None:
     stage, _ = load_stage(tiny_models["qwen2_tied"].path)
     assert stage.lm_head is not None and stage.model.embed_tokens is not None
+    head, embed = stage.lm_head.weight, stage.model.embed_tokens.weight
+    if head.is_mkldnn:  # fp32 on the CPU: the head is a packed copy of the embedding
+        assert torch.equal(head.to_dense(), embed)
+    else:
+        assert head is embed
+
+
+def test_unpacked_tied_stage_shares_embedding(tiny_models, monkeypatch) -> None:
+    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+    stage, _ = load_stage(tiny_models["qwen2_tied"].path)
+    assert stage.lm_head is not None and stage.model.embed_tokens is not None
     assert stage.lm_head.weight is stage.model.embed_tokens.weight
+    assert not any(p.is_mkldnn for p in stage.parameters())
+
+
+def test_packed_weights_match_plain_ones(tiny_models, monkeypatch) -> None:
+    """fp32 CPU stages run packed projections; logits agree with plain weights to fp32 noise."""
+    path = tiny_models["llama_llama3_untied"].path
+    packed, config = load_stage(path)
+    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+    plain, _ = load_stage(path)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN: nothing is packed")
+    layer = packed.model.layers["0"]
+    assert layer.mlp.up_proj.weight.is_mkldnn and packed.lm_head.weight.is_mkldnn
+    plain_up = plain.model.layers["0"].mlp.up_proj.weight
+    assert torch.equal(layer.mlp.up_proj.weight.to_dense(), plain_up)
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, config.hidden_size, generator=gen)
+    torch.testing.assert_close(
+        packed.compute_logits(hidden), plain.compute_logits(hidden), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_llama3_inv_freq_matches_hf(tiny_models) -> None:
