@@ -10,8 +10,10 @@ weight (same bytes). Sums are ordered differently, so results differ from ``F.li
 last bits (~1e-6 relative). ``HELIX_CPU_PACKED_WEIGHTS=0`` keeps plain weights.
 
 Where oneDNN reports no bf16 support (CPUs without AVX512, such as AVX2-only ones), torch's bf16
-matmul is slow. At one row a matmul is memory-bound and bf16 (half the bytes) still wins; at
-32 rows it is compute-bound and ran ~5x slower than fp32 on such a CPU. So from
+matmul is slow: its time grows with the rows (~5x slower than fp32 at 32 rows on such a CPU),
+while converting to fp32 costs about the same at any row count. Timed on one layer's shapes plus
+the LM head of a 100M Llama (2 cores, AVX2): bf16 14.8 / 29.4 / 58.1 ms at 4 / 8 / 16 rows,
+converted 36.7 / 38.2 / 35.5 ms; they cross near 10 rows. So from
 ``UPCAST_MIN_ROWS`` rows on, the weight is converted to fp32 one slab at a time into a reused
 buffer (the slab stays in cache and no fresh pages are touched) and multiplied in fp32. Products of
 bf16 values are exact in fp32 and both paths accumulate in fp32 and round the output to bf16
@@ -27,7 +29,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-UPCAST_MIN_ROWS = 4
+UPCAST_MIN_ROWS = 10
 """Rows (tokens) from which bf16 weights are multiplied in fp32 on such CPUs."""
 _SLAB = 1 << 22  # fp32 elements converted at a time: 16 MiB
 _scratch = threading.local()
