@@ -124,6 +124,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--stages", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--model", default=None, help="name or checkpoint (default: random)")
+    parser.add_argument("--no-routing", action="store_true", help="skip part 3 (routing)")
     args = parser.parse_args()
     from helix.runtime.loader import read_model_config
 
@@ -154,6 +155,8 @@ def main() -> None:
             f"(overhead {1 - tput / one:.0%}); {hidden_bytes * (stages - 1)} bytes of hidden "
             f"state per token between stages ({len(sent)} coordinator links)"
         )
+    if args.no_routing:
+        return
     # Routing quality on unequal nodes: a [0, L/2) feeding b_fast and b_slow holding [L/2, L).
     # b_slow runs in bf16; how much slower that is on this CPU is measured, not assumed.
     bf16 = timed(LLM(model, kv_cache_memory_gb=0.5, dtype="bfloat16"), prompts, args.new_tokens)
