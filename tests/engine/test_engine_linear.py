@@ -51,3 +51,24 @@ def test_dispatch_follows_rows_dtype_and_cpu_support(monkeypatch) -> None:
     monkeypatch.setattr(linear_module, "cpu_has_fast_bf16", lambda: True)
     linear(*_inputs(32, torch.bfloat16))
     assert calls == [UPCAST_MIN_ROWS, 32]
+
+
+@pytest.mark.parametrize("rows", [0, 1, 7, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_fp32_weight_matches_f_linear(rows: int, bias: bool) -> None:
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    x, w, b = _inputs(rows, torch.float32, bias)
+    packed = linear_module.pack_weight(w)
+    assert packed.is_mkldnn and torch.equal(packed.to_dense(), w)
+    torch.testing.assert_close(linear(x, packed, b), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+    wide = torch.randn(rows, 128)[:, ::2]  # a strided view of the activations
+    torch.testing.assert_close(linear(wide, packed, b), F.linear(wide, w, b), rtol=1e-5, atol=1e-5)
+
+
+def test_only_plain_fp32_cpu_weights_are_packed(monkeypatch) -> None:
+    _, w, _ = _inputs(1, torch.float32)
+    bf16 = w.to(torch.bfloat16)
+    assert linear_module.pack_weight(bf16) is bf16
+    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+    assert linear_module.pack_weight(w) is w
