@@ -8,8 +8,9 @@
    of the nodes' size, the micro-batches the runtime will send (prompts of the workload's length,
    decode at its mean context), the LM head + sampling of the last stage, and a node's work per
    pass beside its layers (messages, batch set-up); median of repeated runs; for S > 1 beside
-   S - 1 co-runner processes doing the other nodes' decode passes (they share the cores, cache
-   and memory bandwidth), and a second time alone, for the table's last column.
+   D - 1 co-runner processes doing other nodes' decode passes (they share the cores, cache and
+   memory bandwidth), D = the micro-batches in flight (so at most D nodes compute at once), and
+   a second time alone, for the table's last column.
 2. Cluster files of S nodes (the local-cpu GPU kind, no addresses: local processes) carry that
    profile; the plan is the even split of the 30 layers (plan-S.yaml in --out).
 3. The runtime: an offline batch of N requests (fixed prompt, `ignore_eos` outputs) through
@@ -60,9 +61,10 @@ The simulator's model of a local cluster (what this check validates):
 - the runtime's max_tokens = O is one prompt pass (first token) + O - 1 decode passes, so the
   simulator runs O - 1 decode steps;
 - links: 10 Gbit/s, 0.1 ms (ipc:// sockets on one machine);
-- sharing of the machine: S local nodes share its 2 cores, cache and memory bandwidth, so a
-  node of an S-stage cluster is profiled beside S - 1 co-runner processes doing the other
-  nodes' decode passes non-stop (`helix profile --co-runners`): an upper bound on contention,
+- sharing of the machine: S local nodes share its 2 cores, cache and memory bandwidth, and the
+  coordinator keeps D = min(S, cores // threads) micro-batches in flight, so at most D nodes
+  compute at once: a node is profiled beside D - 1 co-runner processes doing other nodes'
+  decode passes non-stop (`helix profile --co-runners`): an upper bound on contention,
   since in the pipeline they idle part of the time. The last column profiles the node alone
   (as if each node had the cores its threads ask for: a lower bound). The contention in between
   (the neighbours' duty cycle) is not modelled;
@@ -77,14 +79,18 @@ def threads_for(stages: int, cores: int | None = None) -> int:
     return max(1, (cores or os.cpu_count() or 1) // stages)
 
 
-def micro_batch(requests: int, stages: int, cores: int | None = None) -> int:
-    """Sequences per micro-batch: the coordinator splits ready requests into as many batches
-    as it keeps in flight (LocalCluster's pipeline depth for local CPU nodes)."""
+def pipeline_depth(stages: int, cores: int | None = None) -> int:
+    """Micro-batches in flight: LocalCluster's pipeline depth for local CPU nodes."""
     from helix.runtime.cluster_launch import local_pipeline_depth
 
     cores = cores or os.cpu_count() or 1
-    depth = local_pipeline_depth(stages, cores, threads_for(stages, cores))
-    return math.ceil(requests / depth)
+    return local_pipeline_depth(stages, cores, threads_for(stages, cores))
+
+
+def micro_batch(requests: int, stages: int, cores: int | None = None) -> int:
+    """Sequences per micro-batch: the coordinator splits ready requests into as many batches
+    as it keeps in flight."""
+    return math.ceil(requests / pipeline_depth(stages, cores))
 
 
 def profile_sizes(requests: int, prompt: int, stages: int) -> tuple[list[int], list[int]]:
@@ -410,7 +416,9 @@ def main() -> None:
     for stages in args.stages:
         threads = threads_for(stages)
         kind = f"cpu-{threads}t-{stages}s"  # measured for this cluster's nodes
-        neighbours = stages - 1 if args.co_runners else 0
+        # At most `depth` passes run at once (one per micro-batch in flight); was stages - 1
+        # until 2026-11-26, which overstated 3-stage contention (2 co-runners, 1 runs at a time).
+        neighbours = pipeline_depth(stages) - 1 if args.co_runners else 0
         wait_for_quiet(max_busy, args.max_wait)
         started = time.perf_counter()
         entry, profile_foreign = profile(stages, threads, args, co_runners=neighbours)

@@ -98,6 +98,8 @@ def test_the_runtime_batching_as_a_sim_config(stages: int) -> None:
     depth = min(stages, cores // max(1, cores // stages))
     batch = -(-32 // depth)
     assert bench.micro_batch(32, 3, cores=2) == 16 and bench.micro_batch(32, 3, cores=8) == 11
+    # at most `depth` nodes compute at once: a 3-stage node on 2 cores has one co-runner
+    assert bench.pipeline_depth(3, cores=2) == 2 and bench.pipeline_depth(3, cores=8) == 3
     assert config.max_batch_seqs == batch and config.prompt_max_tokens == batch * 64
     assert config.max_prefilling == config.num_requests == 32
     assert config.lengths.kind == "fixed" and config.lengths.output_mean_tokens == 63
