@@ -405,9 +405,9 @@ class ClusterEngine:
         for request in ready:
             by_first.setdefault(request.route[0], []).append(request)  # type: ignore[index]
         for first, group in by_first.items():
-            # NOTE(helix): about `num_stages` micro-batches in flight keep every stage busy. A batch
-            # that comes back is sent on whole: splitting every return would halve the batches
-            # each round until every request travels alone.
+            # NOTE(helix): `pipeline_depth` micro-batches in flight (one per stage unless set)
+            # keep every stage busy. A batch that comes back is sent on whole: splitting every
+            # return would halve the batches each round until every request travels alone.
             free = self.pipeline_depth - len(in_flight.get(first, ()))
             for part in micro_batches(group, free):
                 self._send_batch(first, part)

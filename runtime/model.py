@@ -283,18 +283,14 @@ class LlamaStage(nn.Module):
         self.requires_grad_(False)
         self.tie_weights()
 
-    def pack_weights(self) -> int:
+    def pack_weights(self) -> None:
         """Reorder every projection's fp32 CPU weight for oneDNN (``linear.pack_weight``), once,
-        after loading; returns how many were packed. A tied LM head gets a packed copy of the
-        embedding (which the lookup still reads plain): vocab x hidden more memory."""
-        linears = [m for m in self.modules() if isinstance(m, nn.Linear)]
-        packed = 0
-        for layer in linears:
+        after loading. A tied LM head gets a packed copy of the embedding (which the lookup
+        still reads plain): vocab x hidden more memory."""
+        for layer in [m for m in self.modules() if isinstance(m, nn.Linear)]:
             weight = pack_weight(layer.weight)
             if weight is not layer.weight:
                 layer.weight = nn.Parameter(weight, requires_grad=False)
-                packed += 1
-        return packed
 
     def allocate_kv_cache(
         self,
