@@ -8,7 +8,8 @@ On CUDA the default backend (auto) is triton and decode steps replay CUDA graphs
 
 Prints decode throughput and the ratio to HF (and to llama.cpp on the same weights, exported to a
 GGUF in the same precision, when llama-cpp-python is installed; "-" otherwise) for each batch and
-dtype, the fraction of the memory bandwidth limit at batch 1, time to first token on a
+dtype, the fraction of the memory bandwidth limit at batch 1 (the median of three rounds,
+each against a bandwidth probe taken just before it), time to first token on a
 shared-prefix workload with and without prefix caching, and KV waste (allocated but unused slots)
 under a mixed workload.
 """
@@ -21,6 +22,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -97,6 +99,20 @@ def memory_bandwidth_gbps(device: str = "cpu") -> float:
             torch.mv(a, x)
         best = max(best, 10 * a.numel() * 4 / (time.perf_counter() - start) / 1e9)
     return best
+
+
+def bandwidth_fractions(
+    llm: LLM, weight_bytes: int, new_tokens: int, device: str, rounds: int = 3
+) -> list[float]:
+    """Batch-1 decode speed over the bandwidth limit (weight bytes per step at the measured
+    bandwidth), each round's bandwidth probed just before its own run: this machine's
+    bandwidth drifts by a quarter between minutes, so a probe taken once at start-up would
+    make the fraction depend on when it ran."""
+    fractions = []
+    for _ in range(rounds):
+        limit = memory_bandwidth_gbps(device) * 1e9 / weight_bytes  # tokens/s
+        fractions.append(helix_decode(llm, 1, new_tokens) / limit)
+    return fractions
 
 
 def prompts_of(batch: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -276,8 +292,12 @@ def main() -> None:
                 slow = helix_decode(eager, batch, args.new_tokens)
                 line += f"   eager {slow:.1f} tok/s (graphs {ours / slow:.2f}x)"
             if batch == 1:
-                limit = bandwidth * 1e9 / weight_bytes
-                line += f"   bandwidth limit {limit:.1f} tok/s -> {ours / limit:.0%} of it"
+                fractions = bandwidth_fractions(llm, weight_bytes, args.new_tokens, args.device)
+                low, mid, high = sorted(fractions)[0], median(fractions), max(fractions)
+                line += (
+                    f"   of the bandwidth limit: {mid:.0%} (median of {len(fractions)} rounds, "
+                    f"{low:.0%}-{high:.0%})"
+                )
             print(line, flush=True)
         if cpp is not None:
             cpp.close()

@@ -101,6 +101,22 @@ def _linear(in_features: int, out_features: int, bias: bool, dtype: torch.dtype)
     return layer
 
 
+def _stack(*layers: nn.Linear) -> nn.Linear:
+    """One projection whose output is the given ones' outputs side by side (weights stacked on
+    the output dimension). Each output is the same dot product as before; only the GEMM's
+    blocking may order its sums differently (last-bit differences at most)."""
+    weights: list[torch.Tensor] = [layer.weight for layer in layers]
+    weight = torch.cat(weights)  # [sum(out), in]
+    stacked = nn.Linear(
+        weight.shape[1], weight.shape[0], bias=layers[0].bias is not None, device="meta"
+    ).requires_grad_(False)
+    stacked.weight = nn.Parameter(weight, requires_grad=False)
+    biases: list[torch.Tensor] = [layer.bias for layer in layers if layer.bias is not None]
+    if biases:
+        stacked.bias = nn.Parameter(torch.cat(biases), requires_grad=False)  # [sum(out)]
+    return stacked
+
+
 def _project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """``layer(x)`` without the module call, through ``linear`` (bf16 dispatch on the CPU)."""
     return linear(x, layer.weight, layer.bias)
@@ -114,10 +130,18 @@ class LlamaAttention(nn.Module):
         self.scale = d**-0.5
         self.backend = backend
         qkv_bias = config.attention_bias
-        self.q_proj = _linear(hidden, self.num_heads * d, qkv_bias, dtype)
-        self.k_proj = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
-        self.v_proj = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
+        self.q_proj: nn.Linear | None = _linear(hidden, self.num_heads * d, qkv_bias, dtype)
+        self.k_proj: nn.Linear | None = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
+        self.v_proj: nn.Linear | None = _linear(hidden, self.num_kv_heads * d, qkv_bias, dtype)
         self.o_proj = _linear(self.num_heads * d, hidden, config.o_proj_bias, dtype)
+        self.qkv_proj: nn.Linear | None = None
+        """q, k and v stacked into one projection by ``fuse``, once loaded (they are then None)."""
+
+    def fuse(self) -> None:
+        """Stack q_proj, k_proj and v_proj into ``qkv_proj``: one GEMM a step instead of three."""
+        if self.q_proj is not None and self.k_proj is not None and self.v_proj is not None:
+            self.qkv_proj = _stack(self.q_proj, self.k_proj, self.v_proj)
+            self.q_proj = self.k_proj = self.v_proj = None
 
     def forward(
         self,
@@ -127,10 +151,16 @@ class LlamaAttention(nn.Module):
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
-        num_tokens = x.shape[0]
-        q = _project(self.q_proj, x).view(num_tokens, self.num_heads, self.head_dim)  # [T, H, D]
-        k = _project(self.k_proj, x).view(num_tokens, self.num_kv_heads, self.head_dim)
-        v = _project(self.v_proj, x).view(num_tokens, self.num_kv_heads, self.head_dim)
+        num_tokens, d = x.shape[0], self.head_dim
+        if self.qkv_proj is not None:  # [T, (H + 2 Hkv) * D], split into views
+            heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+            qkv = _project(self.qkv_proj, x).view(num_tokens, sum(heads), d)
+            q, k, v = qkv.split_with_sizes(heads, dim=1)  # [T, H, D], [T, Hkv, D] x 2
+        else:
+            assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
+            q = _project(self.q_proj, x).view(num_tokens, self.num_heads, d)  # [T, H, D]
+            k = _project(self.k_proj, x).view(num_tokens, self.num_kv_heads, d)
+            v = _project(self.v_proj, x).view(num_tokens, self.num_kv_heads, d)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_cache, v_cache = kv_cache
         tables, lens, starts = meta.block_tables, meta.seq_lens, meta.query_start_loc
@@ -146,13 +176,26 @@ class LlamaMLP(nn.Module):
     def __init__(self, config: ModelConfig, dtype: torch.dtype) -> None:
         super().__init__()
         hidden, inter, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = _linear(hidden, inter, bias, dtype)
-        self.up_proj = _linear(hidden, inter, bias, dtype)
+        self.gate_proj: nn.Linear | None = _linear(hidden, inter, bias, dtype)
+        self.up_proj: nn.Linear | None = _linear(hidden, inter, bias, dtype)
         self.down_proj = _linear(inter, hidden, bias, dtype)
+        self.gate_up_proj: nn.Linear | None = None
+        """gate and up stacked into one projection by ``fuse``, once loaded (they are then None)."""
+
+    def fuse(self) -> None:
+        """Stack gate_proj and up_proj into ``gate_up_proj``: one GEMM a step instead of two."""
+        if self.gate_proj is not None and self.up_proj is not None:
+            self.gate_up_proj = _stack(self.gate_proj, self.up_proj)
+            self.gate_proj = self.up_proj = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, hidden]
-        gate = F.silu(_project(self.gate_proj, x), inplace=True)  # [T, intermediate]
-        return _project(self.down_proj, gate.mul_(_project(self.up_proj, x)))
+        if self.gate_up_proj is not None:
+            gate, up = _project(self.gate_up_proj, x).chunk(2, dim=-1)  # [T, intermediate] x 2
+            act = F.silu(gate).mul_(up)
+        else:
+            assert self.gate_proj is not None and self.up_proj is not None
+            act = F.silu(_project(self.gate_proj, x), inplace=True).mul_(_project(self.up_proj, x))
+        return _project(self.down_proj, act)  # [T, intermediate] -> [T, hidden]
 
 
 class LlamaDecoderLayer(nn.Module):
@@ -282,6 +325,17 @@ class LlamaStage(nn.Module):
         self.load_state_dict(state, strict=True, assign=True)
         self.requires_grad_(False)
         self.tie_weights()
+        self.fuse_projections()
+
+    def fuse_projections(self) -> None:
+        """Stack each layer's q/k/v and gate/up projections (at load time, after which the
+        parameter names no longer match the checkpoint's): 4 GEMMs per layer instead of 7,
+        which at a decode step's few rows are as many full reads of the weights, each with its
+        own call and thread hand-off."""
+        for layer in self.model.layers.values():
+            assert isinstance(layer, LlamaDecoderLayer)
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
 
     def pack_weights(self) -> None:
         """Reorder every projection's fp32 CPU weight for oneDNN (``linear.pack_weight``), once,

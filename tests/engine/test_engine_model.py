@@ -155,14 +155,35 @@ def test_packed_weights_match_plain_ones(tiny_models, monkeypatch) -> None:
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch without oneDNN: nothing is packed")
     layer = packed.model.layers["0"]
-    assert layer.mlp.up_proj.weight.is_mkldnn and packed.lm_head.weight.is_mkldnn
-    plain_up = plain.model.layers["0"].mlp.up_proj.weight
-    assert torch.equal(layer.mlp.up_proj.weight.to_dense(), plain_up)
+    assert layer.mlp.gate_up_proj.weight.is_mkldnn and packed.lm_head.weight.is_mkldnn
+    plain_gate_up = plain.model.layers["0"].mlp.gate_up_proj.weight
+    assert torch.equal(layer.mlp.gate_up_proj.weight.to_dense(), plain_gate_up)
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(5, config.hidden_size, generator=gen)
     torch.testing.assert_close(
         packed.compute_logits(hidden), plain.compute_logits(hidden), rtol=1e-5, atol=1e-5
     )
+
+
+@pytest.mark.parametrize("name", ["qwen2_tied", "llama_llama3_untied"])
+def test_loaded_stage_stacks_projections(tiny_models, name, monkeypatch) -> None:
+    """Loading stacks q/k/v (with Qwen2's biases) and gate/up in the checkpoint's order."""
+    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+    tiny = tiny_models[name]
+    stage, _ = load_stage(tiny.path)
+    hf_layer = tiny.hf_model.model.layers[1]
+    attn, mlp = stage.model.layers["1"].self_attn, stage.model.layers["1"].mlp
+    assert attn.q_proj is attn.k_proj is attn.v_proj is None
+    assert mlp.gate_proj is mlp.up_proj is None
+    hf_attn = hf_layer.self_attn
+    qkv = [hf_attn.q_proj, hf_attn.k_proj, hf_attn.v_proj]
+    assert torch.equal(attn.qkv_proj.weight, torch.cat([p.weight for p in qkv]))
+    if hf_attn.q_proj.bias is not None:
+        assert torch.equal(attn.qkv_proj.bias, torch.cat([p.bias for p in qkv]))
+    else:
+        assert attn.qkv_proj.bias is None
+    gate_up = torch.cat([hf_layer.mlp.gate_proj.weight, hf_layer.mlp.up_proj.weight])
+    assert torch.equal(mlp.gate_up_proj.weight, gate_up)
 
 
 def test_llama3_inv_freq_matches_hf(tiny_models) -> None:
@@ -194,7 +215,7 @@ def test_forward_and_logits_validate_inputs(tiny_models, make_layout) -> None:
 def test_bfloat16_stage_runs_and_stays_close(tiny_models, make_layout) -> None:
     tiny = tiny_models["qwen2_tied"]
     stage, config = load_stage(tiny.path, dtype=torch.bfloat16)
-    assert stage.model.layers["0"].self_attn.q_proj.weight.dtype == torch.bfloat16
+    assert stage.model.layers["0"].self_attn.qkv_proj.weight.dtype == torch.bfloat16
     (seq,) = prompts(config.vocab_size, [6], seed=6)
     positions, meta = make_layout(1).step([0], [6])
     caches = [stage.allocate_kv_cache(8, 4)]
