@@ -4,7 +4,9 @@
         [--requests 32] [--prompt 64] [--output 64] [--stages 1 2 3] [--out DIR]
 
 1. For each cluster, `helix profile` (its Python API) measures SmolLM2-135M here the way its nodes
-   will run: the torch threads each local node gets (LocalCluster's rule: cores // nodes), stages
+   will run: the torch threads each local node gets where the cores are split (cores // nodes:
+   LocalCluster's rule for plans of several routes; since 2026-11-26 a chain's nodes get every
+   core with one micro-batch in flight instead, which this check does not cover), stages
    of the nodes' size, the micro-batches the runtime will send (prompts of the workload's length,
    decode at its mean context), the LM head + sampling of the last stage, and a node's work per
    pass beside its layers (messages, batch set-up); median of repeated runs; for S > 1 beside
@@ -75,7 +77,8 @@ Timings count the CPU other work used meanwhile (/proc) and are repeated when it
 
 
 def threads_for(stages: int, cores: int | None = None) -> int:
-    """Torch threads LocalCluster gives each of `stages` local nodes."""
+    """Torch threads each of `stages` local nodes gets where the cores are split (passed to
+    LocalCluster explicitly, so the depth below follows)."""
     return max(1, (cores or os.cpu_count() or 1) // stages)
 
 

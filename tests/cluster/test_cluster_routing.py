@@ -124,6 +124,21 @@ def test_local_cpu_pipelines_keep_as_many_micro_batches_as_the_cores_run() -> No
     assert local_pipeline_depth(3, cpu_cores=2, threads_per_node=4) == 1
 
 
+def test_local_nodes_of_one_chain_get_every_core_and_others_share_them() -> None:
+    from helix.runtime.cluster_launch import local_pipeline_depth, local_threads
+
+    chain = {"s0": (0, 10), "s1": (10, 20), "s2": (20, 30)}
+    assert local_threads(chain, 3, cpu_cores=8, all_local=True) == 8
+    assert local_pipeline_depth(3, cpu_cores=8, threads_per_node=8) == 1  # one pass at a time
+    # some nodes run elsewhere: the local passes overlap with theirs, so the cores are split
+    assert local_threads(chain, 2, cpu_cores=8, all_local=False) == 4
+    # two routes (a feeds b1 and b2): passes run side by side
+    fork = {"a": (0, 2), "b1": (2, 4), "b2": (2, 4)}
+    assert local_threads(fork, 3, cpu_cores=8, all_local=True) == 2
+    assert local_threads({"x": (0, 3), "y": (2, 4)}, 2, cpu_cores=2, all_local=True) == 1
+    assert local_threads(fork, 3, cpu_cores=2, all_local=True) == 1
+
+
 def test_pipeline_depth_below_one_is_refused(tmp_path: Path) -> None:
     config = SimpleNamespace(vocab_size=1000, eos_token_ids=())
     with pytest.raises(ValueError, match="pipeline_depth"):
