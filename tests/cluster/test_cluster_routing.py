@@ -139,6 +139,16 @@ def test_local_nodes_of_one_chain_get_every_core_and_others_share_them() -> None
     assert local_threads(fork, 3, cpu_cores=2, all_local=True) == 1
 
 
+def test_nodes_sharing_cores_spin_briefly_unless_the_user_says_otherwise(monkeypatch) -> None:
+    from helix.runtime.cluster_launch import short_openmp_spin
+
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    monkeypatch.delenv("KMP_BLOCKTIME", raising=False)
+    assert short_openmp_spin() == {"GOMP_SPINCOUNT": "20000", "KMP_BLOCKTIME": "1"}
+    monkeypatch.setenv("GOMP_SPINCOUNT", "5")
+    assert short_openmp_spin() == {"KMP_BLOCKTIME": "1"}
+
+
 def test_pipeline_depth_below_one_is_refused(tmp_path: Path) -> None:
     config = SimpleNamespace(vocab_size=1000, eos_token_ids=())
     with pytest.raises(ValueError, match="pipeline_depth"):
