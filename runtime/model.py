@@ -151,16 +151,12 @@ class LlamaAttention(nn.Module):
         kv_cache: KVCache,
         meta: AttentionMetadata,
     ) -> torch.Tensor:  # [T, hidden]
-        num_tokens, d = x.shape[0], self.head_dim
-        if self.qkv_proj is not None:  # [T, (H + 2 Hkv) * D], split into views
-            heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
-            qkv = _project(self.qkv_proj, x).view(num_tokens, sum(heads), d)
-            q, k, v = qkv.split_with_sizes(heads, dim=1)  # [T, H, D], [T, Hkv, D] x 2
-        else:
-            assert self.q_proj is not None and self.k_proj is not None and self.v_proj is not None
-            q = _project(self.q_proj, x).view(num_tokens, self.num_heads, d)  # [T, H, D]
-            k = _project(self.k_proj, x).view(num_tokens, self.num_kv_heads, d)
-            v = _project(self.v_proj, x).view(num_tokens, self.num_kv_heads, d)
+        if self.qkv_proj is None:
+            raise RuntimeError("LlamaAttention: no weights loaded (LlamaStage.load_weights)")
+        heads = (self.num_heads, self.num_kv_heads, self.num_kv_heads)
+        num_tokens = x.shape[0]
+        qkv = _project(self.qkv_proj, x).view(num_tokens, sum(heads), self.head_dim)
+        q, k, v = qkv.split_with_sizes(heads, dim=1)  # views: [T, H, D], [T, Hkv, D] x 2
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k_cache, v_cache = kv_cache
         tables, lens, starts = meta.block_tables, meta.seq_lens, meta.query_start_loc
@@ -189,13 +185,10 @@ class LlamaMLP(nn.Module):
             self.gate_proj = self.up_proj = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [T, hidden]
-        if self.gate_up_proj is not None:
-            gate, up = _project(self.gate_up_proj, x).chunk(2, dim=-1)  # [T, intermediate] x 2
-            act = F.silu(gate).mul_(up)
-        else:
-            assert self.gate_proj is not None and self.up_proj is not None
-            act = F.silu(_project(self.gate_proj, x), inplace=True).mul_(_project(self.up_proj, x))
-        return _project(self.down_proj, act)  # [T, intermediate] -> [T, hidden]
+        if self.gate_up_proj is None:
+            raise RuntimeError("LlamaMLP: no weights loaded (LlamaStage.load_weights)")
+        gate, up = _project(self.gate_up_proj, x).chunk(2, dim=-1)  # [T, intermediate] x 2
+        return _project(self.down_proj, F.silu(gate).mul_(up))  # -> [T, hidden]
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -210,6 +210,8 @@ def test_forward_and_logits_validate_inputs(tiny_models, make_layout) -> None:
         second(torch.tensor([1, 2, 3]), positions, second.allocate_kv_cache(8, 4), meta)
     with pytest.raises(ValueError, match="layer range"):
         LlamaStage(first.config, 2, 2)
+    with pytest.raises(RuntimeError, match="no weights loaded"):
+        LlamaStage(first.config, 0, 1)(torch.tensor([1, 2, 3]), positions, caches, meta)
 
 
 def test_bfloat16_stage_runs_and_stays_close(tiny_models, make_layout) -> None:
