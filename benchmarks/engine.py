@@ -293,7 +293,7 @@ def main() -> None:
                 line += f"   eager {slow:.1f} tok/s (graphs {ours / slow:.2f}x)"
             if batch == 1:
                 fractions = bandwidth_fractions(llm, weight_bytes, args.new_tokens, args.device)
-                low, mid, high = sorted(fractions)[0], median(fractions), max(fractions)
+                low, mid, high = min(fractions), median(fractions), max(fractions)
                 line += (
                     f"   of the bandwidth limit: {mid:.0%} (median of {len(fractions)} rounds, "
                     f"{low:.0%}-{high:.0%})"
