@@ -5,8 +5,9 @@
 1. Throughput of 2- and 4-stage local pipelines (node processes over ipc://) against the one-process
    engine on the same random-weight Llama and workload; overhead = 1 - pipeline / one process.
    All processes share this machine's cores, so this measures the runtime's overhead, not speed-up.
-   Each engine runs the batch twice (the second time with shifted token ids, same lengths) and
-   its best run counts, as other work on the machine slows single runs by up to a third.
+   Each engine runs the batch once untimed, then twice timed (each run with shifted token ids,
+   same lengths) and its best timed run counts, as other work on the machine slows single runs
+   by up to a third.
 2. Bytes moved per token between stages (hidden states) and the mean time a pass spends per hop.
 3. Routing on a cluster of unequal nodes (b_slow runs in bf16, slow on a CPU): max-flow IWRR
    routing against random and round-robin routing, same workload; each policy runs twice, in two
@@ -89,23 +90,28 @@ def workload(batch: int, vocab: int = 32000, seed: int = 0) -> list[dict]:
 
 
 def timed(llm: LLM, prompts: list[dict], new_tokens: int, repeats: int = 1) -> float:
-    """Generated tokens/s, the best of `repeats` runs; each repeat has prompts of its own (the
-    same ones for every engine), so no run finds the previous one's prompts in a prefix cache."""
+    """Generated tokens/s, the best of `repeats` runs after one untimed run of the same shapes;
+    each run has prompts of its own (the same ones for every engine), so no run finds an
+    earlier one's prompts in a prefix cache.
+
+    The warm-up runs the whole workload: a process's first passes at a new size run slower
+    (measured on 2 cores, SmolLM2 at batch 32: a 4-stage pipeline's first full prefill took
+    4.0-6.5 s summed over its nodes, the third 2.8-3.2 s), and a pipeline has a process per
+    stage to warm up, so a small warm-up would count start-up against it."""
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     vocab = max(t for p in prompts for t in p["prompt_token_ids"]) + 1
-    llm.generate(prompts[:2], SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))
-    best = 0.0
-    for repeat in range(repeats):
-        batch = [
-            {
-                "prompt_token_ids": [
-                    3 + (t - 3 + repeat) % (vocab - 3) for t in p["prompt_token_ids"]
-                ]
-            }
+
+    def shifted(shift: int) -> list[dict]:
+        return [
+            {"prompt_token_ids": [3 + (t - 3 + shift) % (vocab - 3) for t in p["prompt_token_ids"]]}
             for p in prompts
         ]
+
+    llm.generate(shifted(repeats), params)  # warm-up: the timed runs use shifts 0..repeats-1
+    best = 0.0
+    for repeat in range(repeats):
         start = time.perf_counter()
-        outs = llm.generate(batch, params)
+        outs = llm.generate(shifted(repeat), params)
         tokens = sum(len(o.outputs[0].token_ids) for o in outs)
         best = max(best, tokens / (time.perf_counter() - start))
     return best
