@@ -94,6 +94,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--profile", metavar="PROFILE.yaml", help="measured per-layer times from `helix profile`"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=["auto", "native", "python"],
+        help="event loop: the compiled one when built (auto), or force one; same results",
+    )
     p.add_argument("--png", metavar="OUT.png", help="plot throughput over time and utilisation")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd)
@@ -123,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         lengths=lengths,
         num_requests=args.num_requests,
         compute=args.compute,
+        engine=args.engine,
     )
 
 
@@ -204,7 +211,12 @@ def _print(result: SimResult, model: str, png: str | None) -> None:
             f"{result.num_dropped}",
         )
     )
-    rows.append(("events / wall time", f"{result.num_events:,} / {result.wall_s:.1f} s"))
+    rows.append(
+        (
+            "events / wall time",
+            f"{result.num_events:,} / {result.wall_s:.1f} s ({result.engine or '?'} event loop)",
+        )
+    )
     for row in rows:
         summary.add_row(*row)
     console.print(summary)

@@ -21,6 +21,7 @@ from .sim_coordinator import Coordinator
 from .sim_graph import build_route_graph
 from .sim_iterations import Event, NodeEvents
 from .sim_metrics import Recorder, SimResult, build_result
+from .sim_native import run_native, unsupported
 from .sim_routing import ROUTING
 from .simulate import SimConfig
 from .spec import ClusterSpec
@@ -42,6 +43,8 @@ class Simulator(NodeEvents):
         self.heap: list[Event] = []
         self.counter = itertools.count()
         self.num_events = 0
+        self.engine = ""
+        """`native` or `python`: which event loop ran (set by `run`)."""
         bin_s = config.bin_s or max(1.0, config.end_s / 100)
         self.rec = Recorder(config.warmup_s, config.end_s, bin_s)
         self.win_start, self.win_end = self.rec.start, self.rec.end
@@ -51,14 +54,17 @@ class Simulator(NodeEvents):
         self.act_bytes = cluster.model.activation_bytes_per_token
         self.token_bytes = cluster.token_bytes
         self.partial = self.graph.partial
-        policy = policy_cls(
-            self.graph, random.Random(f"routing-{config.seed}"), lambda v: self.nodes[v].queued
-        )
+        self.queued_of: Callable[[int], int] | None = None
+        """Set while the compiled core runs: a node's `queued` lives there."""
+        policy = policy_cls(self.graph, random.Random(f"routing-{config.seed}"), self._queued)
         self.observe = policy.observe if policy.wants_delays else None
         self.coord = Coordinator(self, policy)
         self.on_tokens = self.coord.receive
         self.on_wake = self._wake
         self.on_done = self._finish
+
+    def _queued(self, v: int) -> int:
+        return self.nodes[v].queued if self.queued_of is None else self.queued_of(v)
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -67,6 +73,18 @@ class Simulator(NodeEvents):
         heapq.heappush(self.heap, (at, next(self.counter), _call, handler))
 
     def run(self) -> None:
+        """Run to the end: on the compiled core when `config.engine` allows (see
+        `sim_native`), else on the Python event loop below. Both give the same result."""
+        engine = self.config.engine
+        if engine != "python":
+            why = unsupported(self)
+            if why is None:
+                self.engine = "native"
+                run_native(self)
+                return
+            if engine == "native":
+                raise ValueError(f"engine: native is unavailable: {why}")
+        self.engine = "python"
         for node in self.nodes:  # what an empty side of an iteration costs (0 for any LayerCost)
             node.empty_prompt_s = node.cost.prompt_s(0, 0)
             node.empty_decode_s = node.cost.decode_s(0, 0)

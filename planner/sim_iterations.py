@@ -228,7 +228,10 @@ class NodeEvents:
             )
         batch = node.batch
         if self.observe is not None:  # before sending: a next hop may start on them at once
-            self.observe(node.index, sum(now - p.arrived for p in batch) / len(batch))
+            total = 0.0  # a plain left-to-right sum, as the C core does (not sum()'s, 3.12+)
+            for p in batch:
+                total += now - p.arrived
+            self.observe(node.index, total / len(batch))
         if len(batch) != 1:
             self._send_outputs(node, batch, now)
         else:  # _transfer, written out for the common case of one packet

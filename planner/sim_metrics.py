@@ -105,6 +105,8 @@ class SimResult:
     total_timeline: tuple[float, ...]
     wall_s: float = 0.0
     num_events: int = 0
+    engine: str = ""
+    """Which event loop ran: `native` or `python` (identical results; not in `to_dict`)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -236,4 +238,5 @@ def build_result(sim: Simulator, wall_s: float) -> SimResult:
         total_timeline=total_timeline,
         wall_s=wall_s,
         num_events=sim.num_events,
+        engine=sim.engine,
     )
