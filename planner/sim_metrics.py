@@ -24,21 +24,22 @@ class LatencyStats:
 
     @staticmethod
     def of(values: list[float], weights: list[int] | None = None) -> LatencyStats:
-        """Weighted mean and percentiles (the first value whose cumulative weight reaches q)."""
+        """Weighted mean and percentiles (the first value whose cumulative weight reaches q).
+        Vectorised: a 10-minute run of a large cluster records millions of decode steps."""
+        import numpy as np
+
         if not values:
             return LatencyStats(math.nan, math.nan, math.nan, 0)
-        w = weights or [1] * len(values)
-        pairs = sorted(zip(values, w))
-        total = sum(w)
-        mean = math.fsum(v * n for v, n in pairs) / total
+        v = np.asarray(values, dtype=np.float64)
+        w = np.ones(len(values), dtype=np.int64) if weights is None else np.asarray(weights)
+        total = int(w.sum())
+        mean = math.fsum((v * w).tolist()) / total  # exactly rounded, in any order
+        order = np.argsort(v, kind="stable")
+        seen = np.cumsum(w[order])
 
         def pct(q: float) -> float:
-            target, seen = q * total, 0
-            for value, n in pairs:
-                seen += n
-                if seen >= target:
-                    return value
-            return pairs[-1][0]
+            i = int(np.searchsorted(seen, q * total, side="left"))
+            return float(v[order[min(i, len(order) - 1)]])
 
         return LatencyStats(mean, pct(0.5), pct(0.99), total)
 
