@@ -89,6 +89,15 @@ class SeqWork:
     prefix_hashes: list[bytes] = field(default_factory=list)
     """Set by the route's first node: the cached blocks it skipped (the pass starts after them)."""
 
+    def next_hop(self, layer_start: int) -> SeqWork:
+        """This work as the next node of its route gets it (`dataclasses.replace` without its
+        per-call field introspection: a node forwards one per sequence per pass)."""
+        return SeqWork(
+            self.request_id, self.start, self.num_tokens, self.token_ids, self.route,
+            self.hop + 1, self.sample, self.params, layer_start, self.cache_cap,
+            self.prefix_hashes,
+        )  # fmt: skip
+
 
 @dataclass
 class Forward(Message):
@@ -156,8 +165,8 @@ def encode(message: Message) -> list[bytes | memoryview]:
         if isinstance(value, Tensor):
             header[f.name] = {"dtype": value.dtype, "shape": list(value.shape)}
             frames.append(value.data)
-        elif f.name == "work":
-            header[f.name] = [{k: getattr(w, k) for k in _SEQ_FIELDS} for w in value]
+        elif f.name == "work":  # a SeqWork's __dict__ is exactly its fields
+            header[f.name] = [w.__dict__ for w in value]
         else:
             header[f.name] = value
     return [msgpack.packb(header, use_bin_type=True), *frames]
@@ -211,22 +220,33 @@ def _list(value: Any, name: str) -> list[Any]:
 
 
 def _seq_work(item: Any) -> SeqWork:
-    if not isinstance(item, dict) or set(item) != _SEQ_FIELDS:
+    # Written for speed (a node decodes one per sequence per pass): exact type checks (msgpack
+    # gives plain ints, bools and lists), no generator expressions for the common short lists.
+    if type(item) is not dict or item.keys() != _SEQ_FIELDS:
         raise FrameError("work entries must carry exactly the SeqWork fields")
     work = SeqWork(**item)
-    ints = (work.start, work.num_tokens, work.hop, work.layer_start)
-    if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+    if not (
+        type(work.start) is int
+        and type(work.num_tokens) is int
+        and type(work.hop) is int
+        and type(work.layer_start) is int
+    ):
         raise FrameError(f"work {work.request_id!r}: start/num_tokens/hop must be integers")
-    if work.num_tokens < 1 or work.start < 0 or len(work.token_ids) != work.num_tokens:
+    token_ids = work.token_ids
+    if type(token_ids) is not list or type(work.route) is not list:
+        raise FrameError(f"work {work.request_id!r}: token_ids and route must be lists")
+    if work.num_tokens < 1 or work.start < 0 or len(token_ids) != work.num_tokens:
         raise FrameError(f"work {work.request_id!r}: bad token range")
-    if not all(isinstance(t, int) for t in work.token_ids) or not isinstance(work.route, list):
+    if not (len(token_ids) == 1 and type(token_ids[0]) is int) and not all(
+        type(t) is int for t in token_ids
+    ):
         raise FrameError(f"work {work.request_id!r}: token_ids and route must be lists")
     if not 0 <= work.hop < len(work.route):
         raise FrameError(f"work {work.request_id!r}: hop {work.hop} outside its route")
     hashes = work.prefix_hashes
-    if not isinstance(work.cache_cap, int) or not isinstance(hashes, list):
+    if type(work.cache_cap) is not int or type(hashes) is not list:
         raise FrameError(f"work {work.request_id!r}: bad cache_cap or prefix_hashes")
-    if not all(isinstance(h, bytes) and len(h) == 32 for h in hashes):
+    if hashes and not all(type(h) is bytes and len(h) == 32 for h in hashes):
         raise FrameError(f"work {work.request_id!r}: prefix_hashes must be 32-byte digests")
     return work
 

@@ -152,7 +152,7 @@ class StageWorker:
                     )
                 )
                 works.append(work)
-                rows.append(torch.arange(offset, offset + work.num_tokens))
+                rows.append((offset, work.num_tokens))
             offset += received.num_tokens  # rows of `hidden_in` (only later nodes get one)
         outgoing: list[tuple[str, Forward]] = []
         tokens: dict[str, int] = {}
@@ -169,7 +169,7 @@ class StageWorker:
             x = (
                 step.input_ids
                 if hidden_in is None
-                else hidden_in[torch.cat([rows[i] for i in members])]
+                else _take_rows(hidden_in, [rows[i] for i in members])
             )
             hidden = self.stage(x, step.positions, self.kv_caches, step.meta, first_layer=first)
             for work in group:
@@ -228,7 +228,7 @@ class StageWorker:
             if work.hop == len(work.route) - 1:
                 continue
             nxt = work.route[work.hop + 1]
-            forwarded = replace(work, hop=work.hop + 1, layer_start=self.stage.end)
+            forwarded = work.next_hop(self.stage.end)
             entry = by_next.setdefault(nxt, ([], []))
             entry[0].append(forwarded)
             entry[1].append(rows)
@@ -245,6 +245,20 @@ class StageWorker:
             len(self.seqs),
             self.rate.per_second(),
         )
+
+
+def _take_rows(hidden: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """The rows (offset, count) of `hidden`, in order; `hidden` itself when they are all of it
+    in order (the usual pass: every sequence admitted, no partial inference)."""
+    expected = 0
+    for offset, count in spans:
+        if offset != expected:
+            break
+        expected += count
+    else:
+        if expected == hidden.shape[0]:
+            return hidden
+    return hidden[torch.cat([torch.arange(offset, offset + count) for offset, count in spans])]
 
 
 def serve_node(
