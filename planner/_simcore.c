@@ -305,6 +305,9 @@ typedef struct {
     int tmp_a_alloc, tmp_b_alloc, tmp_c_alloc;
     OutGroup *sends;
     int sends_alloc;
+    i64 *partial_keys;
+    i64 (*partial_sums)[4];
+    int partial_alloc;
     /* Python callbacks */
     PyObject *draw, *next_after, *route_cb, *observe;
 } Core;
@@ -366,10 +369,16 @@ static inline int node_index(Core *c, Node *node) { return (int)(node - c->nodes
 static void run_batch(Core *c, Node *node, double now, Packet **batch, int nb, i64 num_seqs,
                       i64 ctx, i64 num_prompt, i64 sq);
 
-static double partial_s(Node *node) {
-    /* layers -> [prompt tokens, sq, decode seqs, ctx], in descending order of layers */
-    i64 keys[64];
-    i64 sums[64][4];
+static double partial_s(Core *c, Node *node) {
+    /* layers -> [prompt tokens, sq, decode seqs, ctx], in descending order of layers; at most
+     * one key per packet, so the scratch holds `nbatch` of them */
+    if (node->nbatch > c->partial_alloc) {
+        c->partial_alloc = node->nbatch;
+        c->partial_keys = xrealloc(c->partial_keys, sizeof(i64) * (size_t)c->partial_alloc);
+        c->partial_sums = xrealloc(c->partial_sums, sizeof(i64[4]) * (size_t)c->partial_alloc);
+    }
+    i64 *keys = c->partial_keys;
+    i64(*sums)[4] = c->partial_sums;
     int nk = 0;
     for (int i = 0; i < node->nbatch; i++) {
         Packet *p = node->batch[i];
@@ -377,7 +386,6 @@ static double partial_s(Node *node) {
         int k = 0;
         while (k < nk && keys[k] != layers) k++;
         if (k == nk) {
-            if (nk == 64) Py_FatalError("helix simulator: too many partial layer counts");
             keys[nk] = layers;
             sums[nk][0] = sums[nk][1] = sums[nk][2] = sums[nk][3] = 0;
             nk++;
@@ -431,7 +439,7 @@ static void run_batch(Core *c, Node *node, double now, Packet **batch, int nb, i
     double k = (double)node->num_layers, seconds;
     const Cost *cost = &node->cost;
     if (c->partial)
-        seconds = partial_s(node);
+        seconds = partial_s(c, node);
     else if (num_prompt == 0)
         seconds = k * (node->empty_prompt_s + decode_s(cost, num_seqs, ctx));
     else if (num_seqs == 0)
@@ -1105,6 +1113,8 @@ static void Core_dealloc(Core *c) {
     free(c->tmp_a);
     free(c->tmp_b);
     free(c->tmp_c);
+    free(c->partial_keys);
+    free(c->partial_sums);
     Py_XDECREF(c->draw);
     Py_XDECREF(c->next_after);
     Py_XDECREF(c->route_cb);
