@@ -42,6 +42,7 @@ class ClusterEngine:
         max_model_len: int,
         *,
         heartbeat_timeout_s: float = 3.0,
+        stall_timeout_s: float = 30.0,
         max_batch_tokens: int = 2048,
         reroute: Any = None,
         max_num_seqs: int | None = None,
@@ -49,7 +50,10 @@ class ClusterEngine:
         enable_prefix_caching: bool = True,
         pipeline_depth: int | None = None,
     ) -> None:
-        """`max_batch_tokens`: tokens per micro-batch (longer prompts go in chunks);
+        """`heartbeat_timeout_s`: a node silent this long is dead (its process stopped or is
+        gone; nodes beat from a thread of their own, also during a pass); `stall_timeout_s`: a
+        node whose heartbeats report one pass running this long is dead too (a hung pass);
+        `max_batch_tokens`: tokens per micro-batch (longer prompts go in chunks);
         `max_num_seqs`: requests routed at once (None: as many as the KV takes);
         `scheduling_policy`: admission order, `fcfs` or `priority` (lower value first, then
         arrival, as in vLLM); `enable_prefix_caching`: let the route's nodes skip prompt blocks
@@ -74,6 +78,7 @@ class ClusterEngine:
         self.model_config = model_config
         self.max_model_len = max_model_len
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self.max_batch_tokens = max_batch_tokens
         self.max_num_seqs = max_num_seqs
         self.scheduling_policy = scheduling_policy
@@ -247,6 +252,9 @@ class ClusterEngine:
             node.num_kv_blocks, node.block_size = msg.num_kv_blocks, msg.block_size
         else:
             node.tokens_per_s = msg.tokens_per_s
+        node.busy_s = msg.busy_s if isinstance(msg, Heartbeat) else 0.0
+        if node.busy_s > self.stall_timeout_s:
+            return  # a hung pass: let `_check_liveness` mark it (or keep it) dead
         restarted = node.alive and node.incarnation != msg.incarnation
         rejoined = not node.alive or restarted
         node.incarnation, node.last_seen, node.alive = msg.incarnation, time.monotonic(), True
@@ -255,6 +263,12 @@ class ClusterEngine:
             for request in self.requests.values():
                 if request.route and node.name in request.route and not request.finished:
                     self._unroute(request, f"node {node.name} restarted")
+        if rejoined and not restarted and node.reserved_blocks == 0 and self.requests:
+            # Back after being marked dead, same process: it still holds the KV of requests
+            # that moved to other routes meanwhile; none is routed through it now.
+            stale = [i for i, r in self.requests.items() if not r.route or node.name not in r.route]
+            if stale:
+                self.endpoint.send(node.address, Release(stale))
         if rejoined:
             log.info("node %s joined (incarnation %d)", node.name, msg.incarnation)
             if self.reroute is not None:
@@ -324,18 +338,21 @@ class ClusterEngine:
 
     def _check_liveness(self, changed: set[str]) -> None:
         now = time.monotonic()
-        dead = [
-            n
-            for n in self.nodes.values()
-            if n.alive and now - n.last_seen > self.heartbeat_timeout_s
-        ]
+        dead = []
+        for n in self.nodes.values():
+            if not n.alive:
+                continue
+            if now - n.last_seen > self.heartbeat_timeout_s:
+                why = f"missed heartbeats for {now - n.last_seen:.1f} s"
+            elif n.busy_s > self.stall_timeout_s:
+                why = f"has run one pass for {n.busy_s:.1f} s (stalled)"
+            else:
+                continue
+            log.warning("node %s %s: marked dead", n.name, why)
+            n.alive = False
+            dead.append(n)
         if not dead:
             return
-        for node in dead:
-            log.warning(
-                "node %s missed heartbeats for %.1f s: marked dead", node.name, now - node.last_seen
-            )
-            node.alive = False
         names = {n.name for n in dead}
         if self.reroute is not None:
             self.router = FlowRouter(self.reroute(self._alive_names()))

@@ -22,6 +22,8 @@ class NodeInfo:
     alive: bool = False
     incarnation: int = 0
     last_seen: float = 0.0
+    busy_s: float = 0.0
+    """How long the node's current pass had run at its last heartbeat."""
     tokens_per_s: float = 0.0
     gpu_kind: str = "unknown"
 

@@ -56,12 +56,17 @@ class Hello(Message):
 
 @dataclass
 class Heartbeat(Message):
+    """node -> coordinator every `heartbeat_s`, from a thread of its own, so a long pass does not
+    look like a dead node; `busy_s` tells a pass that has stopped making progress."""
+
     TYPE: ClassVar[str] = "heartbeat"
     node: str
     incarnation: int
     num_free_blocks: int
     num_running: int
     tokens_per_s: float
+    busy_s: float = 0.0
+    """How long the node's current pass has run (0 between passes)."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ node of a route samples. Bad frames are logged and dropped; the node keeps runni
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -237,15 +238,6 @@ class StageWorker:
             for nxt, (w, h) in sorted(by_next.items())
         ]
 
-    def heartbeat(self, incarnation: int) -> Heartbeat:
-        return Heartbeat(
-            self.name,
-            incarnation,
-            self.pool.num_free_blocks,
-            len(self.seqs),
-            self.rate.per_second(),
-        )
-
 
 def _take_rows(hidden: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
     """The rows (offset, count) of `hidden`, in order; `hidden` itself when they are all of it
@@ -259,6 +251,49 @@ def _take_rows(hidden: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tens
         if expected == hidden.shape[0]:
             return hidden
     return hidden[torch.cat([torch.arange(offset, offset + count) for offset, count in spans])]
+
+
+class _Heartbeats:
+    """Sends the node's heartbeats from a thread with a socket of its own, every `period_s`,
+    also while a pass runs (a long prefill on a loaded machine is not a dead node). The main
+    loop publishes its numbers between passes (`publish`) and marks passes (`busy`); the
+    heartbeat carries how long the current pass has run, so a pass that hangs is still noticed
+    (the coordinator's `stall_timeout_s`), and a process that stops sends nothing."""
+
+    def __init__(
+        self, context: Any, coordinator: str, worker: StageWorker, incarnation: int,
+        period_s: float,
+    ) -> None:  # fmt: skip
+        import threading
+
+        self.context, self.coordinator, self.period_s = context, coordinator, period_s
+        self.name, self.incarnation = worker.name, incarnation
+        self.stats = (worker.pool.num_free_blocks, 0, 0.0)
+        self.pass_started: float | None = None
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="helix-heartbeat", daemon=True)
+
+    def publish(self, worker: StageWorker) -> None:
+        self.stats = (worker.pool.num_free_blocks, len(worker.seqs), worker.rate.per_second())
+
+    def _run(self) -> None:
+        import zmq
+
+        from .messages import encode
+
+        socket = self.context.socket(zmq.PUSH)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 100)
+        socket.connect(self.coordinator)
+        try:
+            while not self.stop.wait(self.period_s):
+                started = self.pass_started
+                busy = 0.0 if started is None else time.monotonic() - started
+                beat = Heartbeat(self.name, self.incarnation, *self.stats, busy_s=busy)
+                with contextlib.suppress(zmq.Again):  # coordinator gone or slow: beat again later
+                    socket.send_multipart(encode(beat), flags=zmq.NOBLOCK)
+        finally:
+            socket.close(0)
 
 
 def serve_node(
@@ -279,24 +314,29 @@ def serve_node(
     incarnation = int(time.time() * 1e6) ^ os.getpid()
     hello = Hello(name, stage.start, stage.end, num_kv_blocks, block_size, incarnation)
     with Endpoint(bind) as endpoint:
-        endpoint.send(coordinator, hello)
-        last_beat = time.monotonic()
-        while True:
-            msg = endpoint.recv(timeout_s=heartbeat_s)
-            if isinstance(msg, Forward):
-                outgoing, sampled = worker.forward(msg)
-                for nxt, fwd in outgoing:
-                    if nxt not in peers:
-                        log.error("%s: no address for next node %r", name, nxt)
-                        continue
-                    endpoint.send(peers[nxt], fwd)
-                if sampled is not None:
-                    endpoint.send(coordinator, sampled)
-            elif isinstance(msg, Release):
-                worker.release(msg.request_ids)
-            elif isinstance(msg, Shutdown):
-                log.info("%s: shutdown (%s)", name, msg.reason)
-                return
-            if time.monotonic() - last_beat >= heartbeat_s:
-                endpoint.send(coordinator, worker.heartbeat(incarnation))
-                last_beat = time.monotonic()
+        endpoint.send(coordinator, hello)  # before the first heartbeat (one period later)
+        beats = _Heartbeats(endpoint.context, coordinator, worker, incarnation, heartbeat_s)
+        beats.thread.start()
+        try:
+            while True:
+                msg = endpoint.recv(timeout_s=heartbeat_s)
+                if isinstance(msg, Forward):
+                    beats.pass_started = time.monotonic()
+                    outgoing, sampled = worker.forward(msg)
+                    beats.pass_started = None
+                    for nxt, fwd in outgoing:
+                        if nxt not in peers:
+                            log.error("%s: no address for next node %r", name, nxt)
+                            continue
+                        endpoint.send(peers[nxt], fwd)
+                    if sampled is not None:
+                        endpoint.send(coordinator, sampled)
+                elif isinstance(msg, Release):
+                    worker.release(msg.request_ids)
+                elif isinstance(msg, Shutdown):
+                    log.info("%s: shutdown (%s)", name, msg.reason)
+                    return
+                beats.publish(worker)
+        finally:
+            beats.stop.set()
+            beats.thread.join(timeout=5)
