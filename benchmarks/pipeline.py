@@ -5,9 +5,10 @@
 1. Throughput of 2- and 4-stage local pipelines (node processes over ipc://) against the one-process
    engine on the same random-weight Llama and workload; overhead = 1 - pipeline / one process.
    All processes share this machine's cores, so this measures the runtime's overhead, not speed-up.
-   Each engine runs the batch once untimed, then twice timed (each run with shifted token ids,
-   same lengths) and its best timed run counts, as other work on the machine slows single runs
-   by up to a third.
+   This machine's speed drifts by a quarter between minutes, so the two are measured in pairs:
+   both engines stay loaded, each runs the whole batch once untimed, then `--rounds` rounds each
+   time one run of each back to back (order alternating between rounds; every run with shifted
+   token ids, same lengths) and the overhead is the median of the rounds' ratios.
 2. Bytes moved per token between stages (hidden states) and the mean time a pass spends per hop.
 3. Routing on a cluster of unequal nodes (b_slow runs in bf16, slow on a CPU): max-flow IWRR
    routing against random and round-robin routing, same workload; each policy runs twice, in two
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +119,41 @@ def timed(llm: LLM, prompts: list[dict], new_tokens: int, repeats: int = 1) -> f
     return best
 
 
+def run_once(llm: LLM, prompts: list[dict], new_tokens: int, shift: int) -> float:
+    """Generated tokens/s of one run of the workload, token ids shifted by `shift` (the same
+    lengths; a shift of its own per run, so no run finds another's prompts in a prefix cache)."""
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    vocab = max(t for p in prompts for t in p["prompt_token_ids"]) + 1
+    batch = [
+        {
+            "prompt_token_ids": [
+                3 + (t - 3 + 1000 + shift) % (vocab - 3) for t in p["prompt_token_ids"]
+            ]
+        }
+        for p in prompts
+    ]
+    start = time.perf_counter()
+    outs = llm.generate(batch, params)
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return tokens / (time.perf_counter() - start)
+
+
+def hop_ms(hidden_size: int, batch: int, prompts: list[dict]) -> None:
+    """Per hop: what a node spends on a pass beside its layers (receive, decode, admit, batch
+    set-up, encode, send on ipc://), for this workload's prefill and a decode pass of `batch`."""
+    from helix.runtime.pass_profile import measure_pass_ms
+
+    tokens = sum(len(p["prompt_token_ids"]) for p in prompts)
+    prompt, decode = measure_pass_ms(
+        hidden_size, prompt_tokens=[tokens], decode_batches=[batch],
+        prompt_seq_tokens=max(1, tokens // len(prompts)), context_tokens=tokens // len(prompts),
+    )  # fmt: skip
+    print(
+        f"per hop, beside the layers (median): {prompt[tokens]:.2f} ms for the {tokens}-token "
+        f"prefill pass, {decode[batch]:.2f} ms for a decode pass of {batch} sequences"
+    )
+
+
 def stage_placement(names: list[str], layers: int) -> dict[str, tuple[int, int]]:
     per = layers // len(names)
     return {
@@ -131,6 +168,7 @@ def main() -> None:
     parser.add_argument("--stages", type=int, nargs="*", default=[2, 4])
     parser.add_argument("--model", default=None, help="name or checkpoint (default: random)")
     parser.add_argument("--no-routing", action="store_true", help="skip part 3 (routing)")
+    parser.add_argument("--rounds", type=int, default=3, help="paired rounds per pipeline")
     args = parser.parse_args()
     from helix.runtime.loader import read_model_config
 
@@ -138,11 +176,9 @@ def main() -> None:
     config = read_model_config(model)
     layers, vocab = config.num_layers, config.vocab_size
     prompts = workload(args.batch, vocab)
-    one = timed(LLM(model, kv_cache_memory_gb=0.5), prompts, args.new_tokens, repeats=2)
-    print(
-        f"model {args.model or 'random'} ({layers} layers, hidden {config.hidden_size}); "
-        f"one process: {one:.1f} tokens/s (batch {args.batch}, {args.new_tokens} new tokens)"
-    )
+    single = LLM(model, kv_cache_memory_gb=0.5)
+    run_once(single, prompts, args.new_tokens, shift=-1)  # warm-up, whole workload
+    ones: list[float] = []
     for stages in args.stages:
         names = [f"s{i}" for i in range(stages)]
         spec = cluster(model, names, layers)
@@ -153,14 +189,36 @@ def main() -> None:
             bound=0,
         )
         with LocalCluster(spec, plan, node_args=["--kv-cache-memory-gb", "0.3"]) as local:
-            tput = timed(LLM.from_engine(local.engine), prompts, args.new_tokens, repeats=2)
+            piped = LLM.from_engine(local.engine)
+            run_once(piped, prompts, args.new_tokens, shift=-1)  # warm-up, whole workload
+            pairs = []
+            for r in range(args.rounds):
+                shift = len(ones) + 1
+                order = [(single, "one"), (piped, "pipe")]
+                speeds = {
+                    label: run_once(llm, prompts, args.new_tokens, shift)
+                    for llm, label in (order if r % 2 == 0 else order[::-1])
+                }
+                ones.append(speeds["one"])
+                pairs.append((speeds["one"], speeds["pipe"]))
             sent = local.engine.endpoint.push
+        ratios = sorted(pipe / one for one, pipe in pairs)
+        ratio = statistics.median(ratios)
         hidden_bytes = config.hidden_size * 4
         print(
-            f"{stages}-stage pipeline: {tput:.1f} tokens/s = {tput / one:.2f}x one process "
-            f"(overhead {1 - tput / one:.0%}); {hidden_bytes * (stages - 1)} bytes of hidden "
+            f"{stages}-stage pipeline: median {ratio:.2f}x one process over {len(pairs)} paired "
+            f"rounds (overhead {1 - ratio:.0%}; rounds "
+            + ", ".join(f"{pipe:.1f}/{one:.1f}" for one, pipe in pairs)
+            + f" tokens/s pipeline/one process); {hidden_bytes * (stages - 1)} bytes of hidden "
             f"state per token between stages ({len(sent)} coordinator links)"
         )
+    one = statistics.median(ones) if ones else timed(single, prompts, args.new_tokens, repeats=2)
+    hop_ms(config.hidden_size, args.batch, prompts)
+    print(
+        f"model {args.model or 'random'} ({layers} layers, hidden {config.hidden_size}); "
+        f"one process: {one:.1f} tokens/s median (batch {args.batch}, {args.new_tokens} new "
+        "tokens)"
+    )
     if args.no_routing:
         return
     # Routing quality on unequal nodes: a [0, L/2) feeding b_fast and b_slow holding [L/2, L).
