@@ -1434,25 +1434,12 @@ static PyObject *Core_run(Core *c, PyObject *Py_UNUSED(ignored)) {
     Py_RETURN_NONE;
 }
 
-static PyObject *i64_list(const i64 *a, i64 n) {
+/* A list of Python ints (`ints`) or floats (`floats`): give one of the two arrays. */
+static PyObject *number_list(const i64 *ints, const double *floats, i64 n) {
     PyObject *out = PyList_New((Py_ssize_t)n);
     if (out == NULL) return NULL;
     for (i64 i = 0; i < n; i++) {
-        PyObject *item = PyLong_FromLongLong(a[i]);
-        if (item == NULL) {
-            Py_DECREF(out);
-            return NULL;
-        }
-        PyList_SET_ITEM(out, (Py_ssize_t)i, item);
-    }
-    return out;
-}
-
-static PyObject *f64_list(const double *a, i64 n) {
-    PyObject *out = PyList_New((Py_ssize_t)n);
-    if (out == NULL) return NULL;
-    for (i64 i = 0; i < n; i++) {
-        PyObject *item = PyFloat_FromDouble(a[i]);
+        PyObject *item = ints ? PyLong_FromLongLong(ints[i]) : PyFloat_FromDouble(floats[i]);
         if (item == NULL) {
             Py_DECREF(out);
             return NULL;
@@ -1484,10 +1471,11 @@ static PyObject *Core_nodes(Core *c, PyObject *Py_UNUSED(ignored)) {
 /* recorder() -> (decode_bins, prompt_bins, decode_tokens, prompt_tokens, ttft, step_latency,
  *                step_weight) */
 static PyObject *Core_recorder(Core *c, PyObject *Py_UNUSED(ignored)) {
-    return Py_BuildValue("(NNLLNNN)", i64_list(c->decode_bins, c->nbins),
-                         i64_list(c->prompt_bins, c->nbins), c->decode_tokens, c->prompt_tokens,
-                         f64_list(c->ttft, c->nttft), f64_list(c->step_latency, c->nsteps),
-                         i64_list(c->step_weight, c->nweights));
+    return Py_BuildValue("(NNLLNNN)", number_list(c->decode_bins, NULL, c->nbins),
+                         number_list(c->prompt_bins, NULL, c->nbins), c->decode_tokens,
+                         c->prompt_tokens, number_list(NULL, c->ttft, c->nttft),
+                         number_list(NULL, c->step_latency, c->nsteps),
+                         number_list(c->step_weight, NULL, c->nweights));
 }
 
 /* coordinator() -> dict of counters, `waiting` [(arrival_s, prompt, output)] and `resident`
