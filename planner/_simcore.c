@@ -46,6 +46,17 @@ static void *xrealloc(void *old, size_t size) {
         (arr)[(n)++] = (value);                                       \
     } while (0)
 
+/* Room for entry `need` of an array whose entries own buffers (new entries zeroed). */
+#define GROW_ZEROED(arr, alloc, need)                                             \
+    do {                                                                          \
+        if ((need) >= (alloc)) {                                                  \
+            int old_ = (alloc);                                                   \
+            (alloc) = old_ ? 2 * old_ : 8;                                        \
+            (arr) = xrealloc((arr), sizeof(*(arr)) * (size_t)(alloc));            \
+            memset((arr) + old_, 0, sizeof(*(arr)) * (size_t)((alloc) - old_));   \
+        }                                                                         \
+    } while (0)
+
 /* ---- costs (sim_compute.py) ---------------------------------------------------------------- */
 
 typedef struct {
@@ -627,12 +638,7 @@ static void send_outputs(Core *c, Node *node, double now) {
         int g = 0;
         while (g < ng && c->sends[g].link != link) g++;
         if (g == ng) {
-            if (ng == c->sends_alloc) {
-                int old = c->sends_alloc;
-                c->sends_alloc = old ? 2 * old : 8;
-                c->sends = xrealloc(c->sends, sizeof(OutGroup) * (size_t)c->sends_alloc);
-                memset(c->sends + old, 0, sizeof(OutGroup) * (size_t)(c->sends_alloc - old));
-            }
+            GROW_ZEROED(c->sends, c->sends_alloc, ng);
             c->sends[g].link = link;
             c->sends[g].n = 0;
             ng++;
@@ -726,12 +732,7 @@ static void kv_change(Core *c, Node *node, i64 delta, double now) {
 static void outbox_add(Core *c, int v, Packet *p) {
     int slot = c->outbox_slot[v];
     if (slot < 0) {
-        if (c->noutbox == c->outbox_alloc) {
-            int old = c->outbox_alloc;
-            c->outbox_alloc = old ? 2 * old : 8;
-            c->outbox = xrealloc(c->outbox, sizeof(OutGroup) * (size_t)c->outbox_alloc);
-            memset(c->outbox + old, 0, sizeof(OutGroup) * (size_t)(c->outbox_alloc - old));
-        }
+        GROW_ZEROED(c->outbox, c->outbox_alloc, c->noutbox);
         slot = c->outbox_slot[v] = c->noutbox++;
         c->outbox[slot].link = c->source_link[v];
         c->outbox[slot].n = 0;
@@ -923,12 +924,7 @@ static int receive(Core *c, Msg *m, double now) {
             if (route->stamp != c->stamp) {
                 route->stamp = c->stamp;
                 route->slot = ng;
-                if (ng == c->ngroups_alloc) {
-                    int old = c->ngroups_alloc;
-                    c->ngroups_alloc = old ? 2 * old : 8;
-                    c->groups = xrealloc(c->groups, sizeof(Group) * (size_t)c->ngroups_alloc);
-                    memset(c->groups + old, 0, sizeof(Group) * (size_t)(c->ngroups_alloc - old));
-                }
+                GROW_ZEROED(c->groups, c->ngroups_alloc, ng);
                 c->groups[ng].route = route;
                 c->groups[ng].n = 0;
                 ng++;

@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from .sim_compute import LayerCost, RooflineCost, StageCost, TableCost, TokenRateCost
-from .sim_graph import SINK, SOURCE
+from .sim_graph import SINK
 from .sim_state import Request
 
 if TYPE_CHECKING:
@@ -211,4 +211,4 @@ def _copy_back(sim: Simulator, core: Any, routes: list[tuple[int, ...]]) -> None
     sim.num_events += state["num_events"]
 
 
-__all__ = ["SOURCE", "export_cost", "load_core", "run_native", "unsupported"]
+__all__ = ["export_cost", "load_core", "run_native", "unsupported"]
