@@ -75,6 +75,9 @@ class Simulator(NodeEvents):
     def run(self) -> None:
         """Run to the end: on the compiled core when `config.engine` allows (see
         `sim_native`), else on the Python event loop below. Both give the same result."""
+        for node in self.nodes:  # what an empty side of an iteration costs (0 for any LayerCost)
+            node.empty_prompt_s = node.cost.prompt_s(0, 0)
+            node.empty_decode_s = node.cost.decode_s(0, 0)
         engine = self.config.engine
         if engine != "python":
             why = unsupported(self)
@@ -85,9 +88,6 @@ class Simulator(NodeEvents):
             if engine == "native":
                 raise ValueError(f"engine: native is unavailable: {why}")
         self.engine = "python"
-        for node in self.nodes:  # what an empty side of an iteration costs (0 for any LayerCost)
-            node.empty_prompt_s = node.cost.prompt_s(0, 0)
-            node.empty_decode_s = node.cost.decode_s(0, 0)
         end, heap, pop = self.config.end_s, self.heap, heapq.heappop
         self.coord.start()
         self.last_s = end

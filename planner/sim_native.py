@@ -99,8 +99,8 @@ def run_native(sim: Simulator) -> None:
                 node.num_layers,
                 node.kv_capacity,
                 node.lat_in_min,
-                node.cost.prompt_s(0, 0),
-                node.cost.decode_s(0, 0),
+                node.empty_prompt_s,
+                node.empty_decode_s,
                 cost,
             )
         )

@@ -226,7 +226,7 @@ def _list(value: Any, name: str) -> list[Any]:
 
 def _seq_work(item: Any) -> SeqWork:
     # Written for speed (a node decodes one per sequence per pass): exact type checks (msgpack
-    # gives plain ints, bools and lists), no generator expressions for the common short lists.
+    # gives plain ints, bools and lists) and no set built per entry.
     if type(item) is not dict or item.keys() != _SEQ_FIELDS:
         raise FrameError("work entries must carry exactly the SeqWork fields")
     work = SeqWork(**item)
@@ -242,9 +242,7 @@ def _seq_work(item: Any) -> SeqWork:
         raise FrameError(f"work {work.request_id!r}: token_ids and route must be lists")
     if work.num_tokens < 1 or work.start < 0 or len(token_ids) != work.num_tokens:
         raise FrameError(f"work {work.request_id!r}: bad token range")
-    if not (len(token_ids) == 1 and type(token_ids[0]) is int) and not all(
-        type(t) is int for t in token_ids
-    ):
+    if not all(type(t) is int for t in token_ids):
         raise FrameError(f"work {work.request_id!r}: token_ids and route must be lists")
     if not 0 <= work.hop < len(work.route):
         raise FrameError(f"work {work.request_id!r}: hop {work.hop} outside its route")

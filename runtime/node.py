@@ -256,7 +256,8 @@ def _take_rows(hidden: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tens
 class _Heartbeats:
     """Sends the node's heartbeats from a thread with a socket of its own, every `period_s`,
     also while a pass runs (a long prefill on a loaded machine is not a dead node). The main
-    loop publishes its numbers between passes (`publish`) and marks passes (`busy`); the
+    loop publishes its numbers between passes (`publish`, at most twice a period) and marks
+    passes (`pass_started`); the
     heartbeat carries how long the current pass has run, so a pass that hangs is still noticed
     (the coordinator's `stall_timeout_s`), and a process that stops sends nothing."""
 
@@ -269,12 +270,17 @@ class _Heartbeats:
         self.context, self.coordinator, self.period_s = context, coordinator, period_s
         self.name, self.incarnation = worker.name, incarnation
         self.stats = (worker.pool.num_free_blocks, 0, 0.0)
+        self.published = 0.0
         self.pass_started: float | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="helix-heartbeat", daemon=True)
 
     def publish(self, worker: StageWorker) -> None:
-        self.stats = (worker.pool.num_free_blocks, len(worker.seqs), worker.rate.per_second())
+        now = time.monotonic()
+        if now - self.published >= self.period_s / 2:  # not every message: the loop is hot
+            self.published = now
+            rate = worker.rate.per_second(now)
+            self.stats = (worker.pool.num_free_blocks, len(worker.seqs), rate)
 
     def _run(self) -> None:
         import zmq
