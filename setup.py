@@ -13,6 +13,12 @@ setup(
             sources=["planner/_simcore.c"],
             extra_compile_args=["-O2", "-fno-fast-math", "-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension(
+            "helix.runtime._cpu_linear",
+            sources=["runtime/_cpu_linear.c"],
+            extra_compile_args=["-O3", "-fno-fast-math"],
+            optional=True,
+        ),
     ]
 )

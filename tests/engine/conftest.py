@@ -172,3 +172,17 @@ def hf_smollm2_tokenizer(smollm2_gguf: Path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name)
+
+
+@pytest.fixture
+def cpu_linear(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+    """``cpu_linear(mode)`` sets ``HELIX_CPU_LINEAR`` for this test (stages load their weights
+    for the mode in force when they are built)."""
+    from helix.runtime import linear
+
+    def use(mode: str) -> None:
+        monkeypatch.setenv("HELIX_CPU_LINEAR", mode)
+        linear.cpu_linear_mode.cache_clear()
+
+    yield use
+    linear.cpu_linear_mode.cache_clear()

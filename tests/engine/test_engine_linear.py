@@ -1,4 +1,5 @@
-"""`helix.runtime.linear`: plain F.linear where it is fast, fp32 slabs for bf16 weights else."""
+"""`helix.runtime.linear`: plain F.linear, fp32 slabs for bf16 weights, oneDNN-packed fp32 weights
+(the `torch` and `onednn` modes; the native kernel's mode: test_engine_cpu_linear.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ def _inputs(rows: int, dtype: torch.dtype, bias: bool = True):
     w = (0.1 * torch.randn(37, 64, generator=gen)).to(dtype)
     b = torch.randn(37, generator=gen).to(dtype) if bias else None
     return x, w, b
+
+
+@pytest.fixture(autouse=True)
+def _torch_mode(cpu_linear) -> None:
+    cpu_linear("torch")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -55,9 +61,10 @@ def test_dispatch_follows_rows_dtype_and_cpu_support(monkeypatch) -> None:
 
 @pytest.mark.parametrize("rows", [0, 1, 7, 300])
 @pytest.mark.parametrize("bias", [True, False])
-def test_packed_fp32_weight_matches_f_linear(rows: int, bias: bool) -> None:
+def test_packed_fp32_weight_matches_f_linear(rows: int, bias: bool, cpu_linear) -> None:
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch without oneDNN")
+    cpu_linear("onednn")
     x, w, b = _inputs(rows, torch.float32, bias)
     packed = linear_module.pack_weight(w)
     assert packed.is_mkldnn and torch.equal(packed.to_dense(), w)
@@ -66,9 +73,18 @@ def test_packed_fp32_weight_matches_f_linear(rows: int, bias: bool) -> None:
     torch.testing.assert_close(linear(wide, packed, b), F.linear(wide, w, b), rtol=1e-5, atol=1e-5)
 
 
-def test_only_plain_fp32_cpu_weights_are_packed(monkeypatch) -> None:
+def test_only_fp32_cpu_weights_are_packed_in_the_onednn_mode(cpu_linear) -> None:
     _, w, _ = _inputs(1, torch.float32)
+    assert linear_module.pack_weight(w) is w  # the torch mode (autouse fixture)
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch without oneDNN")
+    cpu_linear("onednn")
     bf16 = w.to(torch.bfloat16)
     assert linear_module.pack_weight(bf16) is bf16
-    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
-    assert linear_module.pack_weight(w) is w
+    assert linear_module.pack_weight(w).is_mkldnn
+
+
+def test_unknown_mode_is_named(cpu_linear) -> None:
+    cpu_linear("fastest")
+    with pytest.raises(ValueError, match=r"HELIX_CPU_LINEAR: 'fastest' is not one of auto"):
+        linear(*_inputs(1, torch.float32))

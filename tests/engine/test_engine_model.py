@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import helix.runtime.linear as linear_module
 from helix.runtime.attention_metadata import AttentionMetadata
 from helix.runtime.loader import load_stage
 from helix.runtime.model import (
@@ -138,22 +139,28 @@ def test_tied_stage_shares_embedding(tiny_models) -> None:
         assert head is embed
 
 
-def test_unpacked_tied_stage_shares_embedding(tiny_models, monkeypatch) -> None:
-    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+@pytest.mark.parametrize("mode", ["torch", "auto"])
+def test_unpacked_tied_stage_shares_embedding(tiny_models, cpu_linear, mode) -> None:
+    """Plain weights (the torch mode, and the native kernel's where it is built)."""
+    cpu_linear(mode)
+    if mode == "auto" and linear_module.cpu_linear_mode() != "native":
+        pytest.skip("no native CPU kernel here: auto packs for oneDNN")
     stage, _ = load_stage(tiny_models["qwen2_tied"].path)
     assert stage.lm_head is not None and stage.model.embed_tokens is not None
     assert stage.lm_head.weight is stage.model.embed_tokens.weight
     assert not any(p.is_mkldnn for p in stage.parameters())
 
 
-def test_packed_weights_match_plain_ones(tiny_models, monkeypatch) -> None:
-    """fp32 CPU stages run packed projections; logits agree with plain weights to fp32 noise."""
-    path = tiny_models["llama_llama3_untied"].path
-    packed, config = load_stage(path)
-    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
-    plain, _ = load_stage(path)
+def test_packed_weights_match_plain_ones(tiny_models, cpu_linear) -> None:
+    """fp32 CPU stages in the onednn mode run packed projections; logits agree with plain
+    weights to fp32 noise."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch without oneDNN: nothing is packed")
+    path = tiny_models["llama_llama3_untied"].path
+    cpu_linear("onednn")
+    packed, config = load_stage(path)
+    cpu_linear("torch")
+    plain, _ = load_stage(path)
     layer = packed.model.layers["0"]
     assert layer.mlp.gate_up_proj.weight.is_mkldnn and packed.lm_head.weight.is_mkldnn
     plain_gate_up = plain.model.layers["0"].mlp.gate_up_proj.weight
@@ -166,9 +173,9 @@ def test_packed_weights_match_plain_ones(tiny_models, monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("name", ["qwen2_tied", "llama_llama3_untied"])
-def test_loaded_stage_stacks_projections(tiny_models, name, monkeypatch) -> None:
+def test_loaded_stage_stacks_projections(tiny_models, name, cpu_linear) -> None:
     """Loading stacks q/k/v (with Qwen2's biases) and gate/up in the checkpoint's order."""
-    monkeypatch.setenv("HELIX_CPU_PACKED_WEIGHTS", "0")
+    cpu_linear("torch")
     tiny = tiny_models[name]
     stage, _ = load_stage(tiny.path)
     hf_layer = tiny.hf_model.model.layers[1]
