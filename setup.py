@@ -15,8 +15,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "helix.runtime._cpu_linear",
-            sources=["runtime/_cpu_linear.c"],
+            "helix.kernels._cpu_ops",
+            sources=["kernels/_cpu_ops.c"],
             extra_compile_args=["-O3", "-fno-fast-math"],
             optional=True,
         ),

@@ -4,7 +4,7 @@ oneDNN-packed weights, bf16 weights multiplied in fp32 where the CPU lacks a bf1
 fp32 CPU projections go one of three ways (``HELIX_CPU_LINEAR``, read once):
 
 - ``native`` (what ``auto`` picks where it is built and the CPU has AVX2 and FMA): up to
-  ``NATIVE_MAX_ROWS`` rows run ``helix.runtime._cpu_linear``, a C kernel that streams each
+  ``NATIVE_MAX_ROWS`` rows run ``helix.kernels._cpu_ops.linear``, a C kernel that streams each
   row-major weight row once through a small thread pool of its own; more rows run ``F.linear``
   (MKL), which is as fast there. Decode steps are matrix-vector products bound by streaming the
   weights: the 49 projections of a 100M Llama at one row ran at 103-112 % of what ``torch.mv``
@@ -34,10 +34,11 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from helix.kernels.cpu_native import native_ops
 
 UPCAST_MIN_ROWS = 10
 """Rows (tokens) from which bf16 weights are multiplied in fp32 on such CPUs."""
@@ -63,31 +64,17 @@ def cpu_linear_mode() -> str:
     mode = os.environ.get("HELIX_CPU_LINEAR", "auto").strip().lower() or "auto"
     if mode not in CPU_LINEAR_MODES:
         raise ValueError(f"HELIX_CPU_LINEAR: {mode!r} is not one of {', '.join(CPU_LINEAR_MODES)}")
-    if mode in ("auto", "native") and _native_kernel() is not None:
+    if mode in ("auto", "native") and native_ops() is not None:
         return "native"
     if mode == "native":
         raise ValueError(
-            "HELIX_CPU_LINEAR=native: the compiled kernel helix.runtime._cpu_linear is not "
-            "built or this CPU lacks AVX2/FMA (reinstall with a C compiler, or use auto)"
+            "HELIX_CPU_LINEAR=native: the compiled kernels helix.kernels._cpu_ops are not built, "
+            "this CPU lacks AVX2/FMA or HELIX_CPU_NATIVE=0 (reinstall with a C compiler, or use "
+            "auto)"
         )
     if mode != "torch" and bool(torch.backends.mkldnn.is_available()):  # type: ignore[no-untyped-call]
         return "onednn"
     return "torch"
-
-
-@functools.cache
-def _native_kernel() -> Any:
-    """The compiled ``_cpu_linear`` module where it is built and this CPU can run it, else None."""
-    try:
-        from . import _cpu_linear  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    if not _cpu_linear.available():
-        return None
-    # Its threads must be torch's OpenMP team: a pool of its own would fight torch's.
-    if _cpu_linear.bind_openmp(os.path.join(os.path.dirname(torch.__file__), "lib")) is None:
-        return None
-    return _cpu_linear
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -141,7 +128,7 @@ def _native_linear(
     if x.shape[1] != in_features:
         raise ValueError(f"linear: input has {x.shape[1]} features, weight expects {in_features}")
     y = torch.empty(rows, out_features, dtype=torch.float32)
-    _native_kernel().linear(
+    native_ops().linear(
         x.data_ptr(),
         weight.data_ptr(),
         0 if bias is None else bias.data_ptr(),

@@ -1,4 +1,4 @@
-"""The native CPU projection kernel (runtime/_cpu_linear.c) and the `native` mode of `linear`.
+"""The native CPU projection kernel (kernels/_cpu_ops.c) and the `native` mode of `linear`.
 
 Built by `pip install` where a C compiler is at hand; on an x86-64 CPU with AVX2 and FMA these
 tests fail when it is missing (set HELIX_NO_CPU_LINEAR=1 to skip them on a build without it).
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import helix.runtime.linear as linear_module
+from helix.kernels.cpu_native import native_ops
 from helix.runtime.linear import NATIVE_MAX_ROWS, linear
 
 
@@ -34,9 +35,9 @@ if os.environ.get("HELIX_NO_CPU_LINEAR") == "1" or not _cpu_has_avx2_fma():
 
 @pytest.fixture
 def kernel():
-    module = linear_module._native_kernel()
+    module = native_ops()
     assert module is not None, (
-        "helix.runtime._cpu_linear is not built or did not bind torch's OpenMP runtime: "
+        "helix.kernels._cpu_ops is not built or did not bind torch's OpenMP runtime: "
         "reinstall (pip install -e .) with a C compiler"
     )
     return module
