@@ -136,7 +136,8 @@ AVX2 static inline __attribute__((always_inline)) void rows(const job_t *j, int6
             const float *x = j->x + m * j->ldx;
             float *y = j->y + m * j->ldy + n;
             /* While the first input rows meet this block, fetch the next block's weights. */
-            const char *next = m == 0 && n + 8 <= n1 ? w + 4 * j->ldw * es : NULL;
+            const int64_t ahead = bf16 ? 8 : 4; /* rows: about 12 KB ahead at K = 768 */
+            const char *next = m == 0 && n + ahead + 4 <= n1 ? w + ahead * j->ldw * es : NULL;
             switch (R * 4 + C) {
                 case 4 * 4 + 3: BLOCK(4, 3); break;
                 case 4 * 4 + 2: BLOCK(4, 2); break;

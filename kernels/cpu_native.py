@@ -2,7 +2,9 @@
 
 ``native_ops()`` is the ``helix.kernels._cpu_ops`` module where it was built (``pip install``
 with a C compiler), the CPU has AVX2 and FMA, and torch's OpenMP runtime could be bound for its
-threads; else None, and callers keep their torch paths. ``HELIX_CPU_NATIVE=0`` turns it off.
+threads (the libgomp that pip's torch wheels carry in torch/lib; a torch whose OpenMP runtime
+lives elsewhere, as conda's may, is not bound); else None, and callers keep their torch paths.
+``HELIX_CPU_NATIVE=0`` turns it off.
 """
 
 from __future__ import annotations
