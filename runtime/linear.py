@@ -9,7 +9,7 @@ fp32 CPU projections go one of three ways (``HELIX_CPU_LINEAR``, read once):
   (MKL), which is as fast there. Decode steps are matrix-vector products bound by streaming the
   weights: the 49 projections of a 100M Llama at one row ran at 103-112 % of what ``torch.mv``
   streams on this machine (2 cores), against 59-83 % for oneDNN's packed weights (below), and
-  the kernel was as fast or faster than oneDNN from 1 to 512 rows.
+  the kernel was faster than oneDNN up to 64 rows and within 7 % of it at 128-512.
 - ``onednn`` (``auto`` without the kernel): weights reordered once at load time into oneDNN's
   blocked layout (what torch.compile's CPU "freezing" does); a row-major ``[out, in]`` weight is
   what MKL's GEMM reads slowest at the few rows of a decode step (a 32000 x 768 LM head: ~14
