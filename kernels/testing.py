@@ -7,8 +7,11 @@ reads past a sequence's end gives a wrong answer instead of a lucky zero.
 
 from __future__ import annotations
 
+import os
+import platform
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -177,3 +180,16 @@ def compare_to_reference(
     decode = decode or backend.decode
     errors["decode"] = _max_err(decode(*decode_args), reference.decode(*decode_args))
     return errors
+
+
+def expects_native_kernels() -> bool:
+    """Whether the compiled CPU kernels (``_cpu_ops.c``) should be here: an x86-64 Linux CPU with
+    AVX2 and FMA, unless ``HELIX_NO_CPU_LINEAR=1`` says this install was built without them.
+    Their tests fail where this is True and they are missing."""
+    if os.environ.get("HELIX_NO_CPU_LINEAR") == "1" or platform.machine() != "x86_64":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx2" in flags and " fma" in flags

@@ -7,8 +7,6 @@ tests fail when it is missing (set HELIX_NO_CPU_LINEAR=1 to skip them on a build
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,20 +14,10 @@ import torch.nn.functional as F
 
 import helix.runtime.linear as linear_module
 from helix.kernels.cpu_native import native_ops
+from helix.kernels.testing import expects_native_kernels
 from helix.runtime.linear import NATIVE_MAX_ROWS, linear
 
-
-def _cpu_has_avx2_fma() -> bool:
-    if platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
-
-
-if os.environ.get("HELIX_NO_CPU_LINEAR") == "1" or not _cpu_has_avx2_fma():
+if not expects_native_kernels():
     pytest.skip("native CPU kernel not expected here", allow_module_level=True)
 
 

@@ -7,33 +7,25 @@ kernel tests fail when it is missing (HELIX_NO_CPU_LINEAR=1 skips them on a buil
 
 from __future__ import annotations
 
-import os
-import platform
-from pathlib import Path
-
 import pytest
 import torch
 
 import helix.kernels.torch_attention as torch_attention
 from helix.kernels import get_attention
 from helix.kernels.cpu_native import native_ops
-from helix.kernels.testing import CASES, TOLERANCE, compare_to_reference, make_paged_case
+from helix.kernels.testing import (
+    CASES,
+    TOLERANCE,
+    compare_to_reference,
+    expects_native_kernels,
+    make_paged_case,
+)
 from helix.kernels.torch_attention import native_decode, reference_decode
 
 DTYPES = [torch.float32, torch.bfloat16]
 
 
-def _expect_kernel() -> bool:
-    if os.environ.get("HELIX_NO_CPU_LINEAR") == "1" or platform.machine() != "x86_64":
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx2" in flags and " fma" in flags
-
-
-needs_kernel = pytest.mark.skipif(not _expect_kernel(), reason="no native CPU kernel expected")
+needs_kernel = pytest.mark.skipif(not expects_native_kernels(), reason="no CPU kernels expected")
 
 
 @needs_kernel
