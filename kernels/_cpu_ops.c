@@ -29,6 +29,7 @@
 #include <Python.h>
 
 #include <dlfcn.h>
+#include <limits.h>
 #include <link.h>
 #include <math.h>
 #include <stdint.h>
@@ -185,7 +186,9 @@ static char omp_path[4096];
 static int find_openmp(struct dl_phdr_info *info, size_t size, void *dir) {
     (void)size;
     const char *name = info->dlpi_name, *prefix = dir;
-    if (!name || !*name || strncmp(name, prefix, strlen(prefix)) != 0) return 0;
+    char real[PATH_MAX]; /* compared resolved: a venv reached through a symlink still matches */
+    if (!name || !*name || !realpath(name, real) || strncmp(real, prefix, strlen(prefix)) != 0)
+        return 0;
     const char *base = strrchr(name, '/');
     base = base ? base + 1 : name;
     if (!strstr(base, "gomp") && !strstr(base, "iomp")) return 0;

@@ -27,6 +27,7 @@ def native_ops() -> Any:
     import torch
 
     # Its threads must be torch's OpenMP team: a pool of its own would fight torch's.
-    if _cpu_ops.bind_openmp(os.path.join(os.path.dirname(torch.__file__), "lib")) is None:
+    lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
+    if _cpu_ops.bind_openmp(lib + os.sep) is None:
         return None
     return _cpu_ops
