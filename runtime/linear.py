@@ -120,7 +120,7 @@ def _native_linear(
 ) -> torch.Tensor:  # [T, out] x's dtype
     """The kernel multiplies and sums in fp32; bf16 outputs are rounded once at the end."""
     bf16 = x.dtype is torch.bfloat16
-    if bf16 or x.stride(1) != 1:
+    if bf16 or not x.is_contiguous():
         x = x.float().contiguous()  # fp32 activations: [T, in] is small next to the weight
     if bias is not None:
         bias = bias.float().contiguous()
@@ -136,7 +136,7 @@ def _native_linear(
         rows,
         in_features,
         out_features,
-        x.stride(0),
+        in_features,
         weight.stride(0),
         out_features,
         torch.get_num_threads(),
