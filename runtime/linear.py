@@ -1,15 +1,16 @@
 """``linear``: ``F.linear`` with faster CPU paths: fp32 projections through a native kernel or
 oneDNN-packed weights, bf16 weights multiplied in fp32 where the CPU lacks a bf16 GEMM.
 
-fp32 CPU projections go one of three ways (``HELIX_CPU_LINEAR``, read once):
+CPU projections go one of three ways (``HELIX_CPU_LINEAR``, read once):
 
 - ``native`` (what ``auto`` picks where it is built and the CPU has AVX2 and FMA): up to
-  ``NATIVE_MAX_ROWS`` rows run ``helix.kernels._cpu_ops.linear``, a C kernel that streams each
-  row-major weight row once through a small thread pool of its own; more rows run ``F.linear``
-  (MKL), which is as fast there. Decode steps are matrix-vector products bound by streaming the
-  weights: the 49 projections of a 100M Llama at one row ran at 103-112 % of what ``torch.mv``
-  streams on this machine (2 cores), against 59-83 % for oneDNN's packed weights (below), and
-  the kernel was faster than oneDNN up to 64 rows and within 7 % of it at 128-512.
+  ``NATIVE_MAX_ROWS`` rows of fp32 (and of bf16 where the CPU has no bf16 GEMM) run
+  ``helix.kernels._cpu_ops.linear``, a C kernel that streams each row-major weight row once,
+  on torch's own OpenMP threads; more rows run ``F.linear`` (MKL), which is as fast there.
+  Decode steps are matrix-vector products bound by streaming the weights: the 49 fp32
+  projections of a 100M Llama at one row ran at 96-119 % of what ``torch.mv`` streams on this
+  machine (2 cores), against 59-96 % for oneDNN's packed weights (below), and the kernel was
+  faster than oneDNN up to 64 rows and within 7 % of it at 128-512.
 - ``onednn`` (``auto`` without the kernel): weights reordered once at load time into oneDNN's
   blocked layout (what torch.compile's CPU "freezing" does); a row-major ``[out, in]`` weight is
   what MKL's GEMM reads slowest at the few rows of a decode step (a 32000 x 768 LM head: ~14
