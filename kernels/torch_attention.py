@@ -271,16 +271,16 @@ def _same(kept: torch.Tensor, given: torch.Tensor) -> bool:
 class TorchAttention(AttentionBackend):
     """Vectorised torch; runs on any device torch supports.
 
-    Every layer of a step passes the same metadata, so decode keeps the last ``DecodePlan``
-    (and write_kv whether every slot is kept) with copies of the tensors it came from, and
-    reuses it while they are equal: a compare of a few hundred ints instead of a host sync,
-    value checks and the mask per layer.
+    Every layer of a step passes the same metadata, so decode keeps copies of the last
+    validated tables and lengths (with the SDPA path's ``DecodePlan`` once built; write_kv
+    keeps whether every slot is kept) and reuses them while they are equal: a compare of a few
+    hundred ints instead of a host sync, value checks and the mask per layer.
     """
 
     name = "torch"
 
     def __init__(self) -> None:
-        self._plan: tuple[torch.Tensor, torch.Tensor, CacheDims, DecodePlan] | None = None
+        self._memo: _DecodeMemo | None = None
         self._slots: tuple[torch.Tensor, bool] | None = None  # slot_mapping copy, all >= 0
 
     def write_kv(self, key, value, k_cache, v_cache, slot_mapping) -> None:
@@ -300,25 +300,40 @@ class TorchAttention(AttentionBackend):
         dims = check_decode(q, k_cache, v_cache, block_tables, seq_lens)
         if q.shape[0] == 0:
             return torch.empty_like(q)
-        plan = self._decode_plan(block_tables, seq_lens, dims)  # validates, once per step
+        memo = self._decode_memo(block_tables, seq_lens, dims)  # validates, once per step
         out = native_decode(q, k_cache, v_cache, block_tables, seq_lens, scale)
         if out is not None:
             return out
-        return decode_with_plan(q, k_cache, v_cache, plan, scale)
+        if memo.plan is None:  # the SDPA path's block list and mask, once per step
+            memo.plan = decode_plan(
+                block_tables, seq_lens, memo.max_len, dims.num_blocks, dims.block_size
+            )
+        return decode_with_plan(q, k_cache, v_cache, memo.plan, scale)
 
-    def _decode_plan(
+    def _decode_memo(
         self, block_tables: torch.Tensor, seq_lens: torch.Tensor, dims: CacheDims
-    ) -> DecodePlan:
-        memo = self._plan  # one read: a plan and copies of the inputs it was built from
+    ) -> _DecodeMemo:
+        memo = self._memo  # one read: copies of the inputs last validated
         if (
             memo is not None
-            and memo[2] == dims
-            and _same(memo[0], block_tables)
-            and _same(memo[1], seq_lens)
+            and memo.dims == dims
+            and _same(memo.block_tables, block_tables)
+            and _same(memo.seq_lens, seq_lens)
         ):
-            return memo[3]
+            return memo
         lens = seq_lens.tolist()
         check_values(len(lens), block_tables, list(range(len(lens) + 1)), lens, dims)
-        plan = decode_plan(block_tables, seq_lens, max(lens), dims.num_blocks, dims.block_size)
-        self._plan = (block_tables.clone(), seq_lens.clone(), dims, plan)
-        return plan
+        memo = _DecodeMemo(block_tables.clone(), seq_lens.clone(), dims, max(lens))
+        self._memo = memo
+        return memo
+
+
+@dataclass
+class _DecodeMemo:
+    """A step's decode metadata, validated; the SDPA path's plan is built on first use."""
+
+    block_tables: torch.Tensor  # copy
+    seq_lens: torch.Tensor  # copy
+    dims: CacheDims
+    max_len: int
+    plan: DecodePlan | None = None

@@ -8,7 +8,7 @@ need neither do not pay for them.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,7 +175,7 @@ def hf_smollm2_tokenizer(smollm2_gguf: Path):
 
 
 @pytest.fixture
-def cpu_linear(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
+def cpu_linear(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], None]]:
     """``cpu_linear(mode)`` sets ``HELIX_CPU_LINEAR`` for this test (stages load their weights
     for the mode in force when they are built)."""
     from helix.runtime import linear
