@@ -1,4 +1,5 @@
-"""Fast combinatorial placement: pipelines packed at a common rate, then local search on the flow.
+"""Fast combinatorial placement: pipelines packed at a common rate or stages packed at a common
+rate (`stages.py`), whichever flows more, then local search on the flow.
 
 For a target rate F every node can hold k_i(F) = max{k : cap_i(k) >= F} layers while carrying F.
 Packing nodes into pipelines whose layers sum to L (bin covering, largest first, region by region)
@@ -14,6 +15,7 @@ import time
 from ..maxflow import Placement, max_flow
 from ..problem import NodeCapacity, Problem
 from . import SolveOptions, SolveResult, register
+from .stages import stage_placement
 
 
 def _layers_at_rate(node: NodeCapacity, rate: float, num_layers: int) -> int:
@@ -159,10 +161,22 @@ def local_search(
     return current
 
 
+def evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> float:
+    """The exact flow of a placement under the options' rules (hop limit, partial inference)."""
+    if options.max_hops is not None:
+        from ..hops import hop_limited_flow
+
+        flows = hop_limited_flow(problem, placement, options.max_hops, options.partial_inference)
+        return sum(f for (u, _), f in flows.items() if u == "<source>")
+    return max_flow(problem, placement, options.partial_inference).value_tokens_per_s
+
+
 @register("greedy")
 def solve_greedy(problem: Problem, options: SolveOptions) -> SolveResult:
+    """The better of equal-rate pipelines and stage packing, then boundary local search."""
     deadline = time.perf_counter() + min(options.time_limit_s, 10.0)
-    placement = pipeline_placement(problem, options.max_hops)
+    candidates = [pipeline_placement(problem, options.max_hops), stage_placement(problem)]
+    placement = max(candidates, key=lambda candidate: evaluate(problem, candidate, options))
     if options.max_hops is None:
         placement = local_search(problem, placement, options, deadline)
     return SolveResult(placement, "heuristic")

@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..hops import hop_limited_flow
-from ..maxflow import Placement, layer_bound, max_flow
+from ..maxflow import Placement, layer_bound
 from ..problem import NodeCapacity, Problem
 from . import Progress, SolveOptions, SolveResult, register
-from .greedy import local_search, pipeline_placement
+from .greedy import evaluate, local_search, pipeline_placement
+from .stages import stage_placement
 
 INF = float("inf")
 
@@ -121,7 +121,7 @@ def _build_and_solve(
     links: dict[tuple[str, str], float],
     bound: float,
     max_hops: int | None,
-    seconds: float,
+    stop: float,
     floor: float,
     on_log: Callable[[float, float], None] | None,
     hint: Placement | None = None,
@@ -231,7 +231,8 @@ def _build_and_solve(
                 on_log(*parsed)
 
     params = mathopt.SolveParameters(
-        time_limit=datetime.timedelta(seconds=max(seconds, 0.5)),
+        # The clock runs from here: building the model took part of the budget.
+        time_limit=datetime.timedelta(seconds=max(stop - time.perf_counter(), 0.5)),
         enable_output=False,
         relative_gap_tolerance=1e-6,
     )
@@ -271,13 +272,6 @@ def _build_and_solve(
     )
 
 
-def _evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> float:
-    if options.max_hops is not None:
-        flows = hop_limited_flow(problem, placement, options.max_hops, options.partial_inference)
-        return sum(f for (u, _), f in flows.items() if u == "<source>")
-    return max_flow(problem, placement, options.partial_inference).value_tokens_per_s
-
-
 def warm_starts(
     problem: Problem, options: SolveOptions
 ) -> list[tuple[str, dict[str, tuple[int, int]]]]:
@@ -285,7 +279,8 @@ def warm_starts(
     from . import baselines
 
     candidates: list[tuple[str, dict[str, tuple[int, int]]]] = [
-        ("greedy", pipeline_placement(problem, options.max_hops))
+        ("greedy", pipeline_placement(problem, options.max_hops)),
+        ("stages", stage_placement(problem)),
     ]
     makers: list[tuple[str, Callable[[], dict[str, tuple[int, int]]]]] = [
         ("homogeneous", lambda: baselines.homogeneous_placement(problem)),
@@ -304,13 +299,14 @@ def warm_starts(
 @register("milp")
 def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
     started = time.perf_counter()
-    deadline = started + options.time_limit_s
+    # Leave a moment for the final evaluation and the plan, so that the whole solve fits.
+    deadline = started + options.time_limit_s - min(1.0, 0.05 * options.time_limit_s)
     bound = layer_bound(problem)
     report = options.progress
     best: dict[str, tuple[int, int]] = {}
     best_value, source = -1.0, ""
     for name, candidate in warm_starts(problem, options):
-        value = _evaluate(problem, candidate, options)
+        value = evaluate(problem, candidate, options)
         if value > best_value:
             best, best_value, source = candidate, value, name
     incumbent = [best_value]
@@ -342,13 +338,13 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
         links,
         bound,
         options.max_hops,
-        budget * (1.0 if exact else 0.7),
+        time.perf_counter() + budget * (1.0 if exact else 0.7),
         best_value if exact else 0.0,
         on_log,
         hint=best,
     )
     if solved is not None:
-        value = _evaluate(problem, solved.placement, options)
+        value = evaluate(problem, solved.placement, options)
         if value > best_value:
             best, best_value, source = solved.placement, value, "milp"
             incumbent[0] = value
@@ -357,7 +353,7 @@ def solve_milp(problem: Problem, options: SolveOptions) -> SolveResult:
             optimal = solved.optimal
     if not optimal and options.max_hops is None and time.perf_counter() < deadline:
         best = local_search(problem, best, options, deadline)
-        best_value = _evaluate(problem, best, options)
+        best_value = evaluate(problem, best, options)
     optimal = optimal or best_value >= proven * (1 - 1e-6)
     if report is not None:
         report(Progress(time.perf_counter() - started, best_value, proven, "done"))

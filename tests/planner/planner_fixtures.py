@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,19 @@ def tiny(
 
 def problem_of(data: dict[str, Any]) -> Problem:
     return build_problem(cluster_from_dict(data))
+
+
+def small_model_dir(tmp_path, num_layers: int) -> str:
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "num_hidden_layers": num_layers,
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "intermediate_size": 128,
+                "vocab_size": 100,
+            }
+        )
+    )
+    return str(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from planner_fixtures import problem_of, tiny
+from planner_fixtures import problem_of, small_model_dir, tiny
 
 from helix.planner.maxflow import max_flow
 from helix.planner.problem import Problem
@@ -26,24 +26,6 @@ def brute_force(problem: Problem, partial: bool = False) -> float:
         placement = {n.name: r for n, r in zip(problem.nodes, combo) if r is not None}
         best = max(best, max_flow(problem, placement, partial).value_tokens_per_s)
     return best
-
-
-def small_model_dir(tmp_path, num_layers: int) -> str:
-    import json
-
-    (tmp_path / "config.json").write_text(
-        json.dumps(
-            {
-                "num_hidden_layers": num_layers,
-                "hidden_size": 64,
-                "num_attention_heads": 4,
-                "num_key_value_heads": 2,
-                "intermediate_size": 128,
-                "vocab_size": 100,
-            }
-        )
-    )
-    return str(tmp_path)
 
 
 CASES = [
@@ -132,8 +114,14 @@ def test_pareto_frontier_trades_flow_for_hops() -> None:
     from helix.planning import pareto
 
     nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
-    data = tiny({"A": [900.0 / k for k in range(1, 31)], "B": [500.0 / k for k in range(1, 16)],
-                 "C": [300.0 / k for k in range(1, 11)]}, nodes)
+    data = tiny(
+        {
+            "A": [900.0 / k for k in range(1, 31)],
+            "B": [500.0 / k for k in range(1, 16)],
+            "C": [300.0 / k for k in range(1, 11)],
+        },
+        nodes,
+    )
     from helix.config import cluster_from_dict
 
     frontier = pareto(cluster_from_dict(data), time_limit_s=8)
