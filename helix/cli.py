@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .planner.solvers import Progress
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -162,28 +166,27 @@ def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: i
 class _progress:
     """Live incumbent/bound line on stderr while a solver runs (a rich Status)."""
 
-    def __init__(self, console: object, enabled: bool) -> None:
+    def __init__(self, console: Any, enabled: bool) -> None:
         self.console = console
         self.enabled = enabled and getattr(console, "is_terminal", False)
-        self.status: object = None
+        self.status: Any = None
 
-    def __enter__(self) -> object:
+    def __enter__(self) -> Callable[[Progress], None] | None:
         if not self.enabled:
             return None
-        self.status = self.console.status("planning...")  # type: ignore[attr-defined]
-        self.status.__enter__()  # type: ignore[attr-defined]
+        self.status = self.console.status("planning...")
+        self.status.__enter__()
         return self.update
 
-    def update(self, progress: object) -> None:
-        p = progress
-        self.status.update(  # type: ignore[attr-defined]
-            f"planning: {p.seconds:5.1f} s | incumbent {p.incumbent_tokens_per_s:,.2f} tok/s | "  # type: ignore[attr-defined]
+    def update(self, p: Progress) -> None:
+        self.status.update(
+            f"planning: {p.seconds:5.1f} s | incumbent {p.incumbent_tokens_per_s:,.2f} tok/s | "
             f"bound {p.bound_tokens_per_s:,.2f} | {p.message}"
-        )  # type: ignore[attr-defined]
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.status is not None:
-            self.status.__exit__(*exc)  # type: ignore[attr-defined]
+            self.status.__exit__(*exc)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
