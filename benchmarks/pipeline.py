@@ -10,14 +10,15 @@
    time one run of each back to back (order alternating between rounds; every run with shifted
    token ids, same lengths) and the overhead is the median of the rounds' ratios.
 2. Bytes moved per token between stages (hidden states) and the mean time a pass spends per hop.
-3. Routing on a cluster of unequal nodes (b_slow runs in bf16, slow on a CPU): max-flow IWRR
-   routing against random and round-robin routing, same workload; each policy runs twice, in two
-   rounds of opposite order, and its best run counts. The plan's profiles come from
-   this run: b_slow's speed relative to b_fast is the measured bf16/fp32 throughput ratio.
-   The nodes share this machine's cores and `a` (planned as a "big" node) runs two passes per
-   decode step at b_fast's speed, so here `a` and the shared cores bound the throughput, not
-   b_slow: the policies should come out close; the comparison checks that max-flow routing
-   costs nothing (each micro-batch follows one route whatever the policy).
+3. Routing on a cluster of unequal nodes: `a` holds the first quarter of the layers and feeds
+   b_fast and b_slow, both holding the rest; b_slow is capped at `--slow-cpu` of one core by a
+   cgroup CPU quota (cgroup v1 `cpu.cfs_quota_us` or v2 `cpu.max`; needs root), the way a weaker
+   GPU is slower, and each node runs one thread. b_slow's speed against an uncapped node is
+   measured in this run (the same one-thread engine timed inside and outside the cgroup) and
+   sets the plan's profile. Max-flow IWRR routing against random and round-robin routing, same
+   workload; each policy runs twice, in two rounds of opposite order, and its best run counts.
+   Without root or a cgroup CPU controller, `--slow bf16` (b_slow runs in bf16: slower on CPUs
+   without fast bf16 kernels, measured the same way) is used instead.
 
 --model takes a built-in name or checkpoint (e.g. smollm2-135m, the real model); the default is a
 random 8-layer Llama with hidden size 512.
@@ -169,6 +170,15 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="name or checkpoint (default: random)")
     parser.add_argument("--no-routing", action="store_true", help="skip part 3 (routing)")
     parser.add_argument("--rounds", type=int, default=3, help="paired rounds per pipeline")
+    parser.add_argument(
+        "--slow",
+        choices=["cgroup", "bf16"],
+        default="cgroup",
+        help="how b_slow is made slower in part 3",
+    )
+    parser.add_argument(
+        "--slow-cpu", type=float, default=0.35, help="b_slow's CPU quota in cores (--slow cgroup)"
+    )
     args = parser.parse_args()
     from helix.runtime.loader import read_model_config
 
@@ -221,41 +231,123 @@ def main() -> None:
     )
     if args.no_routing:
         return
-    # Routing quality on unequal nodes: a [0, L/2) feeding b_fast and b_slow holding [L/2, L).
-    # b_slow runs in bf16; how much slower that is on this CPU is measured, not assumed.
-    bf16 = timed(LLM(model, kv_cache_memory_gb=0.5, dtype="bfloat16"), prompts, args.new_tokens)
-    ratio = bf16 / one
-    print(f"measured: bf16 {bf16:.1f} tokens/s = {ratio:.2f}x fp32 (b_slow's profile)")
+    routing(model, layers, prompts, args)
+
+
+def cpu_cgroup(cores: float) -> Path | None:
+    """A new cgroup whose processes get at most `cores` of CPU time, or None where that cannot be
+    made (no root, no cpu controller)."""
+    period = 100_000
+    quota = max(1000, int(cores * period))
+    v1 = Path("/sys/fs/cgroup/cpu")
+    v2 = Path("/sys/fs/cgroup")
+    try:
+        if (v1 / "cpu.cfs_quota_us").exists():
+            group = v1 / f"helix-bench-{os.getpid()}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(period))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+            return group
+        if "cpu" in (v2 / "cgroup.controllers").read_text().split():
+            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            group = v2 / f"helix-bench-{os.getpid()}"
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(f"{quota} {period}")
+            return group
+    except OSError:
+        return None
+    return None
+
+
+def _own_cpu_cgroup() -> Path:
+    """The cpu cgroup this process started in (to come back to)."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            return Path("/sys/fs/cgroup/cpu") / path.lstrip("/")
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        if line.startswith("0::"):
+            return Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+    raise OSError("no cpu cgroup found in /proc/self/cgroup")
+
+
+def join_cgroup(group: Path) -> None:
+    """Move this whole process (all its threads) into `group`."""
+    (group / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def routing(model: str, layers: int, prompts: list[dict], args: argparse.Namespace) -> None:
+    """Part 3: max-flow routing against random and round robin on unequal nodes."""
+    import torch
+
     names = ["a", "b_fast", "b_slow"]
+    group = cpu_cgroup(args.slow_cpu) if args.slow == "cgroup" else None
+    if args.slow == "cgroup" and group is None:
+        print("no cgroup CPU controller here (root needed): b_slow runs in bf16 instead")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each node runs
+    try:
+        fast_llm = LLM(model, kv_cache_memory_gb=0.5)
+        fast = timed(fast_llm, prompts, args.new_tokens)
+        if group is not None:
+            home = _own_cpu_cgroup()
+            join_cgroup(group)
+            try:
+                slow = timed(fast_llm, prompts, args.new_tokens)
+            finally:
+                join_cgroup(home)
+            how = f"capped at {args.slow_cpu:g} of a core (cgroup {group})"
+            slow_prefix = {"b_slow": ["sh", "-c", f'echo $$ > {group}/cgroup.procs && exec "$@"',
+                                      "sh"]}  # fmt: skip
+            slow_args: dict[str, list[str]] = {}
+        else:
+            slow_llm = LLM(model, kv_cache_memory_gb=0.5, dtype="bfloat16")
+            slow = timed(slow_llm, prompts, args.new_tokens)
+            how = "in bf16"
+            slow_prefix = {}
+            slow_args = {"b_slow": ["--dtype", "bfloat16"]}
+    finally:
+        torch.set_num_threads(threads)
+    ratio = slow / fast
+    print(
+        f"measured, one thread: b_slow {how} {slow:.1f} tokens/s against {fast:.1f} "
+        f"uncapped = {ratio:.2f}x (b_slow's profile)"
+    )
     spec = cluster(model, names, layers, {"a": "big", "b_slow": "slow"}, slow_ratio=ratio)
-    half = layers // 2
-    placement = {"a": (0, half), "b_fast": (half, layers), "b_slow": (half, layers)}
+    quarter = max(1, layers // 4)
+    placement = {"a": (0, quarter), "b_fast": (quarter, layers), "b_slow": (quarter, layers)}
     plan = build_plan(
         build_problem(spec), placement, solver=SolverInfo("manual", 0, "manual"), bound=0
     )
     flows = {(u, v): f for u, v, f in plan.flows}
     print(
-        f"unequal nodes: planned flows a->b_fast {flows.get(('a', 'b_fast'), 0):.0f}, "
+        f"unequal nodes: a holds [0, {quarter}), b_fast and b_slow [{quarter}, {layers}); planned "
+        f"flows a->b_fast {flows.get(('a', 'b_fast'), 0):.0f}, "
         f"a->b_slow {flows.get(('a', 'b_slow'), 0):.0f} tokens/s"
     )
     results: dict[str, float] = {}
     split: dict[str, str] = {}
-    # Two rounds in opposite orders, best of each policy: a cluster's first run is often slower.
-    for policy in ("maxflow", "random", "round-robin", "round-robin", "random", "maxflow"):
-        with LocalCluster(
-            spec,
-            plan,
-            node_args=["--kv-cache-memory-gb", "0.3"],
-            per_node_args={"b_slow": ["--dtype", "bfloat16"]},
-        ) as local:
-            if policy != "maxflow":
-                local.engine.router = _Baseline(policy)
-            # b_slow runs in bf16, which is much slower on this CPU: really slower, as planned.
-            tput = timed(LLM.from_engine(local.engine), prompts, args.new_tokens)
-            if tput > results.get(policy, 0.0):
-                routed = local.engine.routed_counts()
-                split[policy] = "/".join(str(routed.get(("a", b), 0)) for b in names[1:])
-            results[policy] = max(tput, results.get(policy, 0.0))
+    try:
+        # Two rounds in opposite orders, best of each policy: a cluster's first run is often
+        # slower.
+        for policy in ("maxflow", "random", "round-robin", "round-robin", "random", "maxflow"):
+            with LocalCluster(
+                spec,
+                plan,
+                node_args=["--kv-cache-memory-gb", "0.3", "--threads", "1"],
+                per_node_args=slow_args,
+                launch_prefix=slow_prefix,
+            ) as local:
+                if policy != "maxflow":
+                    local.engine.router = _Baseline(policy)
+                tput = timed(LLM.from_engine(local.engine), prompts, args.new_tokens)
+                if tput > results.get(policy, 0.0):
+                    routed = local.engine.routed_counts()
+                    split[policy] = "/".join(str(routed.get(("a", b), 0)) for b in names[1:])
+                results[policy] = max(tput, results.get(policy, 0.0))
+    finally:
+        if group is not None:
+            group.rmdir()
     base = results["maxflow"]
     print(
         "routing: "
