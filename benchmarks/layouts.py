@@ -91,26 +91,25 @@ def run_cluster(name: str, cluster: ClusterSpec, args: argparse.Namespace) -> li
 
 def best_frontier_plan(cluster: ClusterSpec, args: argparse.Namespace) -> tuple[str, Any]:
     """The throughput/hops frontier's plan with the most simulated decode tokens/s (offline,
-    max-flow routing)."""
-    from helix.planning import pareto
+    max-flow routing), as `helix plan --pareto --simulate` picks it."""
+    from helix.planning import pareto, simulated_decode
 
-    scored = []
-    for plan in pareto(cluster, time_limit_s=args.frontier_time):
-        config = SimConfig(
-            routing="maxflow",
-            mode="offline",
-            duration_s=args.duration,
-            warmup_s=args.warmup,
-            seed=args.seed,
-        )
-        decode = simulate(cluster, plan, config).decode_tokens_per_s
+    frontier = pareto(cluster, time_limit_s=args.frontier_time)
+    config = SimConfig(
+        routing="maxflow",
+        mode="offline",
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        seed=args.seed,
+    )
+    decode = simulated_decode(cluster, frontier, config)
+    for plan, value in zip(frontier, decode):
         print(
             f"  frontier: {plan.stats.hops_max} hops, flow {plan.throughput_tokens_per_s:,.0f}, "
-            f"simulated decode {decode:,.1f} tokens/s"
+            f"simulated decode {value:,.1f} tokens/s"
         )
-        scored.append((decode, plan))
-    decode, plan = max(scored, key=lambda item: item[0])
-    return f"milp ≤{plan.stats.hops_max} hops", plan
+    best = frontier[max(range(len(frontier)), key=lambda i: decode[i])]
+    return f"milp ≤{best.stats.hops_max} hops", best
 
 
 def _print(name: str, rows: list[dict[str, Any]]) -> None:

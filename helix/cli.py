@@ -53,6 +53,12 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
         action="store_true",
         help="print the throughput / hops frontier instead of one plan",
     )
+    p.add_argument(
+        "--simulate",
+        action="store_true",
+        help="with --pareto: simulate each point (offline, max-flow routing, 600 s) and keep "
+        "the one with the most decode tokens/s (written by -o)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for randomised baselines (petals)")
     p.add_argument("-o", "--output", metavar="PLAN.yaml", help="write the plan as YAML")
     p.add_argument("--png", metavar="PLAN.png", help="draw the placement")
@@ -89,7 +95,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from helix.config import load_cluster
-    from helix.planning import pareto, plan
+    from helix.planning import plan
     from helix.report import draw_plan, plan_summary, plan_table, save_plan
 
     out = Console()
@@ -98,16 +104,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise ValueError(f"--time-limit must be > 0, got {args.time_limit}")
     if args.max_hops is not None and args.max_hops < 1:
         raise ValueError(f"--max-hops must be >= 1, got {args.max_hops}")
+    if args.simulate and not args.pareto:
+        raise ValueError("--simulate goes with --pareto (it picks a point of the frontier)")
     cluster = load_cluster(_resolve_cluster(args.cluster))
+    if args.pareto:
+        return _cmd_pareto(args, cluster, out, err)
     with _progress(err, enabled=not args.json) as progress:
-        if args.pareto:
-            frontier = pareto(
-                cluster,
-                time_limit_s=args.time_limit,
-                partial_inference=args.partial_inference,
-                progress=progress,
-            )
-            return _print_pareto(frontier, out, args.json)
         result = plan(
             cluster,
             args.solver,
@@ -132,10 +134,42 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: ignore[type-arg]
+def _cmd_pareto(args: argparse.Namespace, cluster: Any, out: Any, err: Any) -> int:
+    """The throughput/hops frontier; with --simulate, each point simulated and the best kept."""
+    from helix.planning import pareto, simulated_decode
+    from helix.report import draw_plan, save_plan
+
+    with _progress(err, enabled=not args.json) as progress:
+        frontier = pareto(
+            cluster,
+            time_limit_s=args.time_limit,
+            partial_inference=args.partial_inference,
+            progress=progress,
+        )
+    if not args.simulate:
+        return _print_pareto(frontier, out, args.json)
+    decode = simulated_decode(cluster, frontier)
+    best = max(range(len(frontier)), key=lambda i: decode[i])
+    if args.output:
+        save_plan(frontier[best], args.output)
+    if args.png:
+        draw_plan(frontier[best], args.png)
+    code = _print_pareto(frontier, out, args.json, decode, best)
+    if args.output and not args.json:
+        out.print(f"the {frontier[best].stats.hops_max}-hop plan written to {args.output}")
+    return code
+
+
+def _print_pareto(
+    frontier: list[Any],
+    out: Any,
+    as_json: bool,
+    decode: list[float] | None = None,
+    best: int | None = None,
+) -> int:
     from rich.table import Table
 
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "hops_max": p.stats.hops_max,
             "throughput_tokens_per_s": round(p.throughput_tokens_per_s, 3),
@@ -145,21 +179,32 @@ def _print_pareto(frontier: list, out: object, as_json: bool) -> int:  # type: i
         }
         for p in frontier
     ]
+    if decode is not None:
+        for i, row in enumerate(rows):
+            row["simulated_decode_tokens_per_s"] = round(decode[i], 3)
+            row["best_simulated"] = i == best
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
     table = Table(title="throughput / hops frontier")
-    for column in ("hops (max)", "throughput tok/s", "bound tok/s", "latency ms (mean)", "status"):
+    columns = ["hops (max)", "throughput tok/s", "bound tok/s", "latency ms (mean)", "status"]
+    if decode is not None:
+        columns.append("simulated decode tok/s")
+    for column in columns:
         table.add_column(column, justify="right")
     for row in rows:
-        table.add_row(
+        cells = [
             str(row["hops_max"]),
             f"{row['throughput_tokens_per_s']:,.1f}",
             f"{row['upper_bound_tokens_per_s']:,.1f}",
             f"{row['latency_ms_mean']:.1f}",
             str(row["status"]),
-        )
-    out.print(table)  # type: ignore[attr-defined]
+        ]
+        if decode is not None:
+            mark = " *" if row["best_simulated"] else ""
+            cells.append(f"{row['simulated_decode_tokens_per_s']:,.1f}{mark}")
+        table.add_row(*cells)
+    out.print(table)
     return 0
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from helix.planner.plan import Plan
+    from helix.planner.simulate import SimConfig
     from helix.planner.solvers import Progress
     from helix.planner.spec import ClusterSpec
 
@@ -84,3 +85,16 @@ def pareto(
         if not frontier or candidate.throughput_tokens_per_s > frontier[-1].throughput_tokens_per_s:
             frontier.append(candidate)
     return frontier
+
+
+def simulated_decode(
+    cluster: ClusterSpec, plans: list[Plan], config: SimConfig | None = None
+) -> list[float]:
+    """Each plan's simulated decode tokens/s (default: offline, the cluster kept full, max-flow
+    routing, 600 s). Max flow overrates deep plans: in decode a request sits at one node of its
+    route at a time, so a route needs (tokens/s x round trip) requests in flight, and its nodes'
+    KV room caps them; the simulator models both, so it picks among a frontier's points."""
+    from helix.planner.simulate import SimConfig, simulate
+
+    config = config or SimConfig(routing="maxflow", mode="offline")
+    return [simulate(cluster, plan, config).decode_tokens_per_s for plan in plans]

@@ -186,3 +186,30 @@ def test_cli_bad_input_exits_nonzero_without_traceback(tmp_path, content, words)
 def test_cli_missing_file(capsys) -> None:
     assert main(["plan", "/nonexistent/cluster.yaml"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_pareto_simulate_keeps_the_best_simulated_point(tmp_path, capsys) -> None:
+    nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
+    data = tiny(
+        {
+            "A": [900.0 / k for k in range(1, 31)],
+            "B": [500.0 / k for k in range(1, 16)],
+            "C": [300.0 / k for k in range(1, 11)],
+        },
+        nodes,
+    )
+    path, out = tmp_path / "cluster.yaml", tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(data))
+    args = ["plan", str(path), "--pareto", "--simulate", "--time-limit", "8", "-o", str(out)]
+    assert main([*args, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) >= 2
+    assert all(row["simulated_decode_tokens_per_s"] > 0 for row in rows)
+    (best,) = [row for row in rows if row["best_simulated"]]
+    assert best["simulated_decode_tokens_per_s"] == max(
+        row["simulated_decode_tokens_per_s"] for row in rows
+    )
+    written = load_plan(out)
+    assert written.throughput_tokens_per_s == pytest.approx(best["throughput_tokens_per_s"])
+    assert main(["plan", str(path), "--simulate"]) == 2
+    assert "--simulate goes with --pareto" in capsys.readouterr().err
