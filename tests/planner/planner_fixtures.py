@@ -38,6 +38,20 @@ def tiny(
     }
 
 
+def frontier_cluster() -> dict[str, Any]:
+    """One node that holds the whole model, two mid-size and three small ones: a frontier from
+    1 hop (the big node alone) to deeper plans with more flow."""
+    nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
+    return tiny(
+        {
+            "A": [900.0 / k for k in range(1, 31)],
+            "B": [500.0 / k for k in range(1, 16)],
+            "C": [300.0 / k for k in range(1, 11)],
+        },
+        nodes,
+    )
+
+
 def problem_of(data: dict[str, Any]) -> Problem:
     return build_problem(cluster_from_dict(data))
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import yaml
-from planner_fixtures import PAPER_CLUSTER, tiny
+from planner_fixtures import PAPER_CLUSTER, frontier_cluster, tiny
 
 from helix.cli import main
 from helix.config import cluster_from_dict, cluster_to_dict, load_cluster
@@ -189,15 +189,7 @@ def test_cli_missing_file(capsys) -> None:
 
 
 def test_cli_pareto_simulate_keeps_the_best_simulated_point(tmp_path, capsys) -> None:
-    nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
-    data = tiny(
-        {
-            "A": [900.0 / k for k in range(1, 31)],
-            "B": [500.0 / k for k in range(1, 16)],
-            "C": [300.0 / k for k in range(1, 11)],
-        },
-        nodes,
-    )
+    data = frontier_cluster()
     path, out = tmp_path / "cluster.yaml", tmp_path / "best.yaml"
     path.write_text(yaml.safe_dump(data))
     args = ["plan", str(path), "--pareto", "--simulate", "--time-limit", "8", "-o", str(out)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from planner_fixtures import problem_of, small_model_dir, tiny
+from planner_fixtures import frontier_cluster, problem_of, small_model_dir, tiny
 
 from helix.planner.maxflow import max_flow
 from helix.planner.problem import Problem
@@ -113,15 +113,7 @@ def test_slow_links_between_regions_are_respected() -> None:
 def test_pareto_frontier_trades_flow_for_hops() -> None:
     from helix.planning import pareto
 
-    nodes = [("big", "A"), ("m1", "B"), ("m2", "B"), ("s1", "C"), ("s2", "C"), ("s3", "C")]
-    data = tiny(
-        {
-            "A": [900.0 / k for k in range(1, 31)],
-            "B": [500.0 / k for k in range(1, 16)],
-            "C": [300.0 / k for k in range(1, 11)],
-        },
-        nodes,
-    )
+    data = frontier_cluster()
     from helix.config import cluster_from_dict
 
     frontier = pareto(cluster_from_dict(data), time_limit_s=8)
