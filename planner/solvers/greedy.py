@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 
 from ..maxflow import Placement, max_flow
-from ..problem import NodeCapacity, Problem
+from ..problem import SOURCE, NodeCapacity, Problem
 from . import SolveOptions, SolveResult, register
 from .stages import stage_placement
 
@@ -167,7 +167,7 @@ def evaluate(problem: Problem, placement: Placement, options: SolveOptions) -> f
         from ..hops import hop_limited_flow
 
         flows = hop_limited_flow(problem, placement, options.max_hops, options.partial_inference)
-        return sum(f for (u, _), f in flows.items() if u == "<source>")
+        return sum(f for (u, _), f in flows.items() if u == SOURCE)
     return max_flow(problem, placement, options.partial_inference).value_tokens_per_s
 
 
